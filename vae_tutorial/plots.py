@@ -8,13 +8,20 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
+from .config import fast_mode
+
 
 def figures_dir() -> Path:
-    """`$VAE_TUTORIAL_FIGURES`, else `figures/` in the project checkout, else `./figures`."""
+    """`$VAE_TUTORIAL_FIGURES`, else `figures/` of the checkout (or `./figures`).
+
+    In fast mode the default is `runs/figures-fast/` instead, so that tests and smoke runs
+    never overwrite the committed figures of the full run.
+    """
     if os.environ.get("VAE_TUTORIAL_FIGURES"):
         return Path(os.environ["VAE_TUTORIAL_FIGURES"])
     checkout = Path(__file__).resolve().parent.parent
-    return checkout / "figures" if (checkout / "pyproject.toml").exists() else Path("figures")
+    base = checkout if (checkout / "pyproject.toml").exists() else Path(".")
+    return base / "runs" / "figures-fast" if fast_mode() else base / "figures"
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> Path:
