@@ -23,7 +23,8 @@ EXPECTED = (DatasetError, CheckpointError, TrainingDiverged, LogLikelihoodError,
 
 def _common(debug_only: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show full tracebacks on errors")
     if not debug_only:
         p.add_argument("--data", help="folder holding cifar-10-batches-py/ "
                        f"(default: $VAE_TUTORIAL_DATA or {default_root()})")
@@ -87,7 +88,7 @@ def cmd_train(args) -> int:
         print(f"\ninterrupted: {cfg.out_dir}/checkpoint.pt holds the last finished epoch; "
               "continue with the same command and --resume", file=sys.stderr)
         return 130
-    if history:
+    if history and "test_bpd" in history[-1]:  # only rank 0 evaluates under torchrun
         last = history[-1]
         print(f"done: {last['epoch']} epochs, test {last['test_bpd']:.3f} bits/dim (ELBO), "
               f"checkpoint {cfg.out_dir}/checkpoint.pt")
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except EXPECTED + (RuntimeError,) as err:
-        if args.debug:
+        if getattr(args, "debug", False):
             raise
         text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
         print(f"error: {text}", file=sys.stderr)

@@ -17,24 +17,26 @@ def iwae_log_likelihood(model: VAE, x: torch.Tensor, num_samples: int,
     """log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x) (Burda et al., 2015).
 
     Encodes once, decodes the k samples in chunks of at most `chunk` images at a time, and
-    combines the fp32 log-weights with logsumexp - log k. Returns (B,) in nats; k = 1 is an
-    unbiased ELBO estimate, and the bound tightens towards log p(x) as k grows.
+    combines the log-weights (fp32, or fp64 for a fp64 model) with logsumexp - log k.
+    Returns (B,) in nats; k = 1 is an unbiased ELBO estimate, and the bound tightens towards
+    log p(x) as k grows.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     mean, log_var = model.encode(x)  # (B, D) each
     b, d = mean.shape
     std = torch.exp(0.5 * log_var)
+    dtype = torch.promote_types(mean.dtype, torch.float32)  # fp32, or fp64 for a fp64 model
     per_chunk = max(1, chunk // b)  # samples of every image decoded together
     log_w = []
     for start in range(0, num_samples, per_chunk):
         s = min(per_chunk, num_samples - start)
-        eps = torch.randn(s, b, d, device=mean.device)
+        eps = torch.randn(s, b, d, device=mean.device, dtype=dtype)
         z = mean + std * eps  # (s, B, D)
         log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)  # (s, B)
         log_qz = -0.5 * (eps.pow(2) + log_var + math.log(2 * math.pi)).sum(-1)  # (s, B)
         xs = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
-        log_px = model.log_likelihood(xs, z.reshape(s * b, d)).view(s, b).float()
+        log_px = model.log_likelihood(xs, z.reshape(s * b, d)).view(s, b).to(dtype)
         log_w.append(log_px + log_pz - log_qz)
     log_w = torch.cat(log_w)  # (k, B)
     return torch.logsumexp(log_w, dim=0) - math.log(num_samples)

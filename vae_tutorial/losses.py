@@ -81,8 +81,13 @@ def _log_bin_mass(x, mean, log_scale):
     minus = inv_s * (x - mean - HALF_BIN)  # lower edge
     log_cdf_plus = F.logsigmoid(plus)  # log F(upper): the whole mass of the lowest bin
     log_sf_minus = F.logsigmoid(-minus)  # log (1 - F(lower)): the whole mass of the highest
-    # log(F(a) - F(b)) = log F(a) + log(1 - F(b)) + log(1 - exp(b - a)), stable for any a > b
-    log_mid = log_cdf_plus + log_sf_minus + torch.log(-torch.expm1(minus - plus))
+    # log(F(a) - F(b)) = log F(a) + log(1 - F(b)) + log(1 - exp(b - a)), stable for any a > b.
+    # a - b = d = 2 HALF_BIN / scale; log(1 - exp(-d)) from log d, so that a huge scale (d
+    # underflowing to 0) gives log d - d / 2 instead of log(0) = -inf.
+    log_d = math.log(2 * HALF_BIN) - log_scale
+    d = log_d.exp()
+    log_width = torch.where(d < 1e-4, log_d - 0.5 * d, torch.log(-torch.expm1(-d.clamp(min=1e-4))))
+    log_mid = log_cdf_plus + log_sf_minus + log_width
     return torch.where(x < HALF_BIN, log_cdf_plus, torch.where(x > 1 - HALF_BIN, log_sf_minus,
                                                                  log_mid))
 

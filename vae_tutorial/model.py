@@ -102,10 +102,15 @@ def _sample_mix(params: torch.Tensor) -> torch.Tensor:
     pick = pick.unsqueeze(1).to(means.dtype)  # (B, 1, K, H, W)
     m, s, c = ((t * pick).sum(2) for t in (means, log_scales, coeffs))  # (B, 3, H, W)
     x = m + s.exp() * _logistic_noise(m)
-    r = x[:, 0].clamp(0, 1)
-    g = (x[:, 1] + c[:, 0] * r).clamp(0, 1)
-    b = (x[:, 2] + c[:, 1] * r + c[:, 2] * g).clamp(0, 1)
+    # G and B are conditioned on the 8-bit R (and G), as in the likelihood: round each first
+    r = _to_8bit(x[:, 0])
+    g = _to_8bit(x[:, 1] + c[:, 0] * r)
+    b = _to_8bit(x[:, 2] + c[:, 1] * r + c[:, 2] * g)
     return torch.stack([r, g, b], dim=1)
+
+
+def _to_8bit(x: torch.Tensor) -> torch.Tensor:
+    return (x.clamp(0, 1) * 255).round() / 255
 
 
 class VAE(nn.Module):

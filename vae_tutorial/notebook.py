@@ -43,3 +43,40 @@ def provenance() -> dict:
         "partial data allowed": env_flag("VAE_TUTORIAL_ALLOW_PARTIAL"),
         "mode": "fast (VAE_TUTORIAL_FAST=1)" if FAST else "full",
     }
+
+
+def checkout_dir() -> Path:
+    """The project checkout (where runs/ and figures/ live), or the working directory."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+def run_dir() -> Path:
+    """Where notebooks 5 and 6 keep the model: runs/notebook-fast in fast mode, else
+    $VAE_TUTORIAL_RUN or runs/conv-cpu (the full run of `make tutorial`)."""
+    if FAST:
+        return checkout_dir() / "runs" / "notebook-fast"
+    return Path(os.environ.get("VAE_TUTORIAL_RUN") or checkout_dir() / "runs" / "conv-cpu")
+
+
+def train_or_load(config, directory: Path | None = None):
+    """Load the run in `directory` (finishing it first if interrupted), or train it there.
+
+    Returns (model in eval mode, history, checkpoint dict). In fast mode it always trains,
+    so that the notebooks exercise the trainer in seconds.
+    """
+    from .checkpoint import load_checkpoint, load_model
+    from .config import TrainConfig
+    from .train import train
+
+    directory = Path(directory or run_dir())
+    path = directory / "checkpoint.pt"
+    if path.exists() and not FAST:
+        ckpt = load_checkpoint(path)
+        stored = TrainConfig.from_dict(ckpt["config"])
+        if ckpt["epoch"] < stored.epochs:  # interrupted: finish it
+            train(stored.replace(out_dir=str(directory)), resume=True)
+    else:
+        train(config.replace(out_dir=str(directory)))
+    model, ckpt = load_model(path)
+    return model, ckpt["history"], ckpt

@@ -1,0 +1,90 @@
+"""python -m vae_tutorial: help texts, one-line errors with exit codes, fast end-to-end run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+COMMANDS = ["data", "train", "evaluate", "sample", "bench"]
+
+
+def run(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "vae_tutorial", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+@pytest.fixture
+def env(subset_root, monkeypatch, tmp_path):
+    import os
+
+    e = dict(os.environ, VAE_TUTORIAL_DATA=str(subset_root), VAE_TUTORIAL_ALLOW_PARTIAL="1",
+             VAE_TUTORIAL_FAST="1", VAE_TUTORIAL_FIGURES=str(tmp_path / "fig"))
+    return e
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_subcommand_has_help(command):
+    r = run(command, "--help")
+    assert r.returncode == 0
+    assert f"vae_tutorial {command}" in r.stdout and "--debug" in r.stdout
+
+
+def test_missing_data_is_one_line_and_exit_2(tmp_path, env):
+    env["VAE_TUTORIAL_DATA"] = str(tmp_path / "empty")
+    r = run("train", "--preset", "fast", "--out", tmp_path / "o", env=env)
+    assert r.returncode == 2
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "CIFAR-10 not found" in lines[0] and "VAE_TUTORIAL_DATA" in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_debug_shows_the_traceback(tmp_path, env):
+    r = run("--debug", "evaluate", tmp_path / "missing.pt", env=env)
+    assert r.returncode != 0 and "Traceback" in r.stderr and "CheckpointError" in r.stderr
+
+
+def test_bad_checkpoint_and_bad_override(tmp_path, env):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = run("evaluate", bad, env=env)
+    assert r.returncode == 2 and "bad.pt" in r.stderr and "Traceback" not in r.stderr
+    r = run("train", "--set", "widht=3", "--out", tmp_path / "o", env=env)
+    assert r.returncode == 2 and "widht" in r.stderr and "Traceback" not in r.stderr
+    r = run("train", "--set", "width=wide", "--out", tmp_path / "o", env=env)
+    assert r.returncode == 2 and "expected int" in r.stderr
+
+
+def test_partial_copy_needs_the_opt_in(tmp_path, env):
+    env.pop("VAE_TUTORIAL_ALLOW_PARTIAL")
+    r = run("data", env=env)
+    assert r.returncode == 2 and "allow-partial" in r.stderr
+    r = run("data", "--allow-partial", env=env)
+    assert r.returncode == 0
+    assert "train: 5085 images" in r.stdout and "test: 1017 images" in r.stdout
+
+
+def test_train_evaluate_sample_end_to_end(tmp_path, env):
+    out = tmp_path / "run"
+    r = run("train", "--out", out, "--epochs", "1", env=env)  # fast preset from the env
+    assert r.returncode == 0, r.stderr
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 1 and history[0]["test_bpd"] > 0
+    r = run("evaluate", out / "checkpoint.pt", "-k", "5", "--limit", "20",
+            "--json", tmp_path / "eval.json", env=env)
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["images"] == 20 and result["num_samples"] == 5
+    assert result["iwae"] >= result["elbo"] - 50  # IWAE tightens the bound (up to noise)
+    assert f"{result['iwae_bits_per_dim']:.3f} bits/dim" in r.stdout
+    r = run("sample", out / "checkpoint.pt", "-n", "12", "--nrow", "4",
+            "--out", tmp_path / "s.png", env=env)
+    assert r.returncode == 0, r.stderr
+    img = Image.open(tmp_path / "s.png")
+    assert img.size == (4 * 34 + 2, 3 * 34 + 2)  # 4 x 3 tiles of 32 px with 2 px padding
+    # resuming a finished run trains nothing more and keeps the checkpoint
+    before = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    r = run("train", "--out", out, "--epochs", "1", "--resume", env=env)
+    assert r.returncode == 0 and torch.load(out / "checkpoint.pt", weights_only=True)["step"] == before

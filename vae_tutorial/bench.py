@@ -1,0 +1,160 @@
+"""Speed, measured side by side in one run: the seed's pipeline against the project's.
+
+Every figure is the median of `repeats` timed blocks of `steps` training steps (or IWAE
+batches), after warm-up. Rows:
+  seed pipeline    torchvision CIFAR10 + ToTensor + DataLoader(num_workers=cpu_count//2,
+                   pin_memory) + SeedVAE, the loss corrected (Bernoulli on [0, 1] inputs)
+  project, seed    CifarLoader (uint8 on the device) + the same SeedVAE
+  project, conv    CifarLoader + ConvVAE as in the cpu (or, on CUDA, gpu) preset
+  iwae k=...       evaluation images/s of iwae_log_likelihood on ConvVAE
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import warnings
+from itertools import cycle
+from pathlib import Path
+
+import torch
+
+from .config import preset
+from .data import CifarLoader, PartialDatasetWarning, default_root, load_cifar10
+from .evaluate import iwae_log_likelihood
+from .model import ConvVAE, SeedVAE
+from .notebook import hardware
+from .train import model_kwargs, pick_device
+
+TRAIN_IMAGES = 50_000  # one epoch of the full training set
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_training(model, batches, device, steps: int, repeats: int, amp: bool,
+                  compile_model: bool = False) -> list[float]:
+    """Images/s of `repeats` blocks of `steps` optimizer steps, after 3 warm-up steps."""
+    model.to(device).train()
+    net = torch.compile(model) if compile_model else model
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        x, _ = next(batches)
+        x = x.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            out = net(x)
+        loss = -out.elbo.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return len(x)
+
+    for _ in range(3):
+        step()
+    rates = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        n = sum(step() for _ in range(steps))
+        _sync(device)
+        rates.append(n / (time.perf_counter() - t0))
+    return rates
+
+
+def time_iwae(model, x, k: int, repeats: int, device, chunk: int) -> list[float]:
+    """Images/s of iwae_log_likelihood with k samples on the images x."""
+    model.to(device).eval()
+    iwae_log_likelihood(model, x[:2], k, chunk=chunk)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        for start in range(0, len(x), 50):
+            iwae_log_likelihood(model, x[start:start + 50], k, chunk=chunk)
+        _sync(device)
+        rates.append(len(x) / (time.perf_counter() - t0))
+    return rates
+
+
+def seed_pipeline(root, batch_size: int, device) -> cycle:
+    """The seed notebook's input pipeline, with [0, 1] inputs instead of [-1, 1]."""
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    from .data import _CIFAR10
+
+    ds = _CIFAR10(root, train=True, download=False, verify=False)
+    ds.transform = transforms.ToTensor()
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
+                        num_workers=max(1, (os.cpu_count() or 2) // 2),
+                        pin_memory=device.type == "cuda", persistent_workers=True)
+    return _forever(loader)
+
+
+def _forever(loader):
+    while True:
+        yield from loader
+
+
+def run_bench(args) -> int:
+    """The `bench` command: print a table and write it as JSON."""
+    device = pick_device(args.device)
+    cuda = device.type == "cuda"
+    root = Path(args.data) if args.data else default_root()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PartialDatasetWarning)
+        x, y = load_cifar10(root, "train", allow_partial=args.allow_partial)
+        tx, _ = load_cifar10(root, "test", allow_partial=args.allow_partial)
+    cfg = preset("gpu" if cuda else "cpu")
+    b, steps, repeats = args.batch_size, args.steps, args.repeats
+    rows = []
+
+    def add(name, rates, unit="train img/s", **extra):
+        med = statistics.median(rates)
+        rows.append({"name": name, "unit": unit, "median": med,
+                     "repeats": [round(r, 1) for r in rates], **extra})
+        print(f"  {name:<44} {med:>10.0f} {unit}", flush=True)
+
+    print(f"bench on {hardware()} ({device}), torch {torch.__version__}, data {root.resolve()}")
+    torch.manual_seed(0)
+    seed_model = SeedVAE(likelihood="bernoulli")
+    state = {k: v.clone() for k, v in seed_model.state_dict().items()}
+    add("seed pipeline: DataLoader + SeedVAE", time_training(
+        seed_model, seed_pipeline(root, b, device), device, steps, repeats, amp=False))
+    seed_model.load_state_dict(state)
+    loader = CifarLoader(x, y, batch_size=b, device=device, drop_last=True,
+                         channels_last=cuda)
+    add("project pipeline: CifarLoader + SeedVAE", time_training(
+        seed_model, _forever(loader), device, steps, repeats, amp=cuda))
+    conv = ConvVAE(**model_kwargs(cfg))
+    if cuda:
+        conv = conv.to(memory_format=torch.channels_last)
+    conv_rates = time_training(conv, _forever(loader), device, steps, repeats, amp=cuda)
+    add(f"project pipeline: CifarLoader + ConvVAE ({'gpu' if cuda else 'cpu'} preset)",
+        conv_rates)
+    if args.compile:
+        add("  + torch.compile", time_training(conv, _forever(loader), device, steps, repeats,
+                                               amp=cuda, compile_model=True))
+    seed_rate, project_rate = rows[0]["median"], rows[1]["median"]
+    rows[1]["speedup_vs_seed"] = project_rate / seed_rate
+    rows[2]["seconds_per_epoch"] = TRAIN_IMAGES / rows[2]["median"]
+    print(f"  speed-up of the project pipeline on SeedVAE: {project_rate / seed_rate:.2f}x; "
+          f"ConvVAE: {rows[2]['seconds_per_epoch']:.0f} s per 50,000-image epoch")
+    test = tx[:args.iwae_images].to(device).float().div(255)
+    for k in [int(s) for s in str(args.ks).split(",") if s.strip()]:
+        rates = time_iwae(conv, test, k, max(1, repeats // 2), device,
+                          chunk=16384 if cuda else 2048)
+        add(f"iwae_log_likelihood k={k} (ConvVAE)", rates, unit="eval img/s",
+            seconds_for_1017_images=1017 / statistics.median(rates))
+    result = {"hardware": hardware(), "device": str(device), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "data": root.resolve().name,
+              "batch_size": b, "steps": steps, "repeats": repeats, "rows": rows}
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.json}")
+    return 0
