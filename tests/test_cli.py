@@ -87,4 +87,5 @@ def test_train_evaluate_sample_end_to_end(tmp_path, env):
     # resuming a finished run trains nothing more and keeps the checkpoint
     before = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
     r = run("train", "--out", out, "--epochs", "1", "--resume", env=env)
-    assert r.returncode == 0 and torch.load(out / "checkpoint.pt", weights_only=True)["step"] == before
+    after = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
+    assert r.returncode == 0 and after == before

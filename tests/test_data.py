@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import vae_tutorial
 from vae_tutorial.data import (
     FOLDER,
     CifarLoader,
@@ -200,8 +201,8 @@ def test_inconsistent_batch_raises_dataset_error(subset_root, tmp_path):
 
 def test_default_root_honours_env(monkeypatch, tmp_path, subset_root):
     """default_root() is $VAE_TUTORIAL_DATA when set (and load_cifar10(None) reads it)."""
-    repo = Path(__file__).resolve().parent.parent
-    assert default_root() == repo / "data"  # unset: the checkout's data/
+    checkout = Path(vae_tutorial.__file__).resolve().parent.parent
+    assert default_root() == checkout / "data"  # unset: the checkout's data/
     monkeypatch.setenv("VAE_TUTORIAL_DATA", str(tmp_path))
     assert default_root() == tmp_path
     monkeypatch.setenv("VAE_TUTORIAL_DATA", str(subset_root))

@@ -210,16 +210,16 @@ def test_iwae_on_conv_vae(subset_test):
 # --- evaluate ------------------------------------------------------------------------------------
 
 @pytest.fixture
-def test_batches(subset_test):
+def first64(subset_test):
     """The first 64 exact test images in batches of 32."""
     images, labels = subset_test
     return CifarLoader(images, labels, batch_size=32, limit=64, shuffle=False)
 
 
-def test_evaluate_consistency(test_batches):
+def test_evaluate_consistency(first64):
     """evaluate(): 64 images, bits/dim of the ELBO, ELBO = reconstruction - KL."""
     model = tiny_conv()
-    ev = evaluate(model, test_batches)
+    ev = evaluate(model, first64)
     assert ev.images == 64
     assert ev.iwae is None and ev.iwae_bits_per_dim is None and ev.num_samples is None
     assert math.isclose(ev.bits_per_dim, losses.bits_per_dim(ev.elbo), rel_tol=1e-12)
@@ -246,10 +246,10 @@ def test_evaluate_averages_per_image(subset_test):
     assert math.isclose(ev.kl, float(manual_kl), rel_tol=1e-6)
 
 
-def test_evaluate_iwae(test_batches):
+def test_evaluate_iwae(first64):
     """With num_samples=5 it also reports IWAE (>= the ELBO), its bits/dim and k."""
     model = tiny_conv()
-    ev = evaluate(model, test_batches, num_samples=5)
+    ev = evaluate(model, first64, num_samples=5)
     assert ev.num_samples == 5 and ev.images == 64
     assert ev.iwae > ev.elbo - 1.0
     assert math.isclose(ev.iwae_bits_per_dim, losses.bits_per_dim(ev.iwae), rel_tol=1e-12)
@@ -257,13 +257,13 @@ def test_evaluate_iwae(test_batches):
 
 
 @pytest.mark.parametrize("training", [True, False])
-def test_evaluate_uses_eval_mode_and_restores_it(test_batches, training):
+def test_evaluate_uses_eval_mode_and_restores_it(first64, training):
     """The model runs in eval mode during evaluate and gets its training flag back."""
     model = tiny_conv()
     model.train(training)
     seen = []
     model.decoder.register_forward_hook(lambda mod, inp, out: seen.append(mod.training))
-    evaluate(model, test_batches, num_samples=2)
+    evaluate(model, first64, num_samples=2)
     assert seen and not any(seen)
     assert model.training is training
     assert all(m.training is training for m in model.modules())
@@ -271,7 +271,7 @@ def test_evaluate_uses_eval_mode_and_restores_it(test_batches, training):
 
 # --- latent statistics ---------------------------------------------------------------------------
 
-def test_latent_statistics_active_units(test_batches):
+def test_latent_statistics_active_units(first64):
     """Latent dims whose mean ignores x are inactive; the others are counted as active."""
     model = tiny_conv()
     head = model.encoder[-1]  # Linear -> (mean, log_var)
@@ -280,7 +280,7 @@ def test_latent_statistics_active_units(test_batches):
         head.weight[:8].mul_(200)  # make the live means move clearly with x
         head.weight[dead] = 0.0  # these means are their bias, whatever the image
     model.train()
-    stats = latent_statistics(model, test_batches)
+    stats = latent_statistics(model, first64)
     assert model.training  # restored
     activity = stats["activity"]
     assert activity.shape == (8,)
@@ -289,16 +289,16 @@ def test_latent_statistics_active_units(test_batches):
     assert (activity[live] > 0.01).all()
     assert stats["active_units"] == 5 and stats["threshold"] == 0.01
     high = float(activity.max()) + 1
-    assert latent_statistics(model, test_batches, threshold=high)["active_units"] == 0
+    assert latent_statistics(model, first64, threshold=high)["active_units"] == 0
 
 
-def test_latent_statistics_kl_per_dim(test_batches):
+def test_latent_statistics_kl_per_dim(first64):
     """kl_per_dim is (D,) and sums to the mean KL over the data."""
     model = tiny_conv()
-    stats = latent_statistics(model, test_batches)
+    stats = latent_statistics(model, first64)
     model.eval()
     with torch.no_grad():
-        kls = torch.cat([losses.gaussian_kl(*model.encode(x)) for x, _ in test_batches])
+        kls = torch.cat([losses.gaussian_kl(*model.encode(x)) for x, _ in first64])
     assert stats["kl_per_dim"].shape == (8,) and (stats["kl_per_dim"] >= 0).all()
     torch.testing.assert_close(stats["kl_per_dim"].sum(), kls.mean(), rtol=1e-5, atol=1e-5)
 
