@@ -158,6 +158,8 @@ class CifarLoader:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} "
                              f"{tuple(images.shape)}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if batch_size < 1 or batch_size % world_size:
             raise ValueError(f"batch_size must be a positive multiple of world_size "
                              f"({world_size}), got {batch_size}")

@@ -11,7 +11,7 @@ Every model follows one protocol, which the trainer, the evaluator and the noteb
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -231,7 +231,7 @@ class ConvVAE(VAE):
 
     def __init__(self, config: ConvVAEConfig | None = None, **overrides):
         super().__init__()
-        cfg = config or ConvVAEConfig(**overrides)
+        cfg = replace(config or ConvVAEConfig(), **overrides)
         self.config, self.latent_dim = cfg, cfg.latent_dim
         self.likelihood = Likelihood(cfg.likelihood, cfg.mixtures)
         w = cfg.width
