@@ -32,7 +32,7 @@ RUN        := runs/conv-$(PRESET)
 export VAE_TUTORIAL_RUN := $(abspath $(RUN))
 NOTEBOOKS  := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: tutorial test venv data train evaluate notebooks compare jpeg-copy clean
+.PHONY: tutorial test venv data train evaluate notebooks compare jpeg-copy results clean
 
 tutorial: venv data train evaluate notebooks
 	@echo "tutorial done: checkpoint $(RUN)/checkpoint.pt, notebooks executed, figures in figures/"
@@ -84,6 +84,13 @@ notebooks: venv
 	    ../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	        --ExecutePreprocessor.timeout=-1 $$nb || exit 1; \
 	done
+
+# Maintainers: record the full run under results/ (history, evaluation, half-precision weights).
+results: venv
+	mkdir -p results/conv-$(PRESET)
+	cp $(RUN)/history.json $(RUN)/eval.json results/conv-$(PRESET)/
+	$(BIN)/python -m vae_tutorial export $(RUN)/checkpoint.pt results/conv-$(PRESET)/model-fp16.pt
+	cd results/conv-$(PRESET) && sha256sum model-fp16.pt > model-fp16.pt.sha256
 
 clean:
 	rm -rf runs/fast runs/figures-fast .pytest_cache

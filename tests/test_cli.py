@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-COMMANDS = ["data", "train", "evaluate", "sample", "bench"]
+COMMANDS = ["data", "train", "evaluate", "sample", "export", "bench"]
 
 
 def run(*args, env=None, cwd=None):
@@ -84,6 +84,14 @@ def test_train_evaluate_sample_end_to_end(tmp_path, env):
     assert r.returncode == 0, r.stderr
     img = Image.open(tmp_path / "s.png")
     assert img.size == (4 * 34 + 2, 3 * 34 + 2)  # 4 x 3 tiles of 32 px with 2 px padding
+    # a half-precision export is smaller, and evaluates to nearly the same ELBO
+    r = run("export", out / "checkpoint.pt", tmp_path / "half.pt", env=env)
+    assert r.returncode == 0 and "sha256" in r.stdout
+    assert (tmp_path / "half.pt").stat().st_size < 0.6 * (out / "checkpoint.pt").stat().st_size
+    r = run("evaluate", tmp_path / "half.pt", "-k", "0", "--limit", "20", "--json",
+            tmp_path / "half.json", env=env)
+    half = json.loads((tmp_path / "half.json").read_text())
+    assert r.returncode == 0 and abs(half["elbo"] - result["elbo"]) < 0.01 * abs(result["elbo"])
     # resuming a finished run trains nothing more and keeps the checkpoint
     before = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
     r = run("train", "--out", out, "--epochs", "1", "--resume", env=env)

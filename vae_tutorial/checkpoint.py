@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -84,3 +85,15 @@ def restore_weights(model: VAE, ckpt: dict, path) -> None:
         lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
         raise CheckpointError(f"{path}: weights do not fit the model "
                               f"({type(model).__name__}): {' '.join(lines[1:3])[:300]}") from None
+
+
+def export_half(src: str | os.PathLike, dst: str | os.PathLike) -> str:
+    """Write the weights of a checkpoint in half precision (no optimizer): a small file that
+    load_model reads. Returns its sha256."""
+    ckpt = load_checkpoint(src)
+    small = {key: ckpt[key] for key in ("format", "config", "model_config", "epoch", "step",
+                                         "history")}
+    small["model"] = {k: v.half() if v.is_floating_point() else v
+                      for k, v in ckpt["model"].items()}
+    save_atomic(small, dst)
+    return hashlib.sha256(Path(dst).read_bytes()).hexdigest()

@@ -44,8 +44,15 @@ class Likelihood(nn.Module):
         return {"bernoulli": 3, "gaussian": 3, "logistic": 6,
                 "logistic_mixture": 10 * self.mixtures}[self.kind]
 
+    @property
+    def discrete(self) -> bool:
+        """Whether log_prob is the log-probability of 8-bit images, so that bits/dim compare.
+
+        Bernoulli scores k/255 as if it were a coin's bias, and the Gaussian is a density."""
+        return self.kind in ("logistic", "logistic_mixture")
+
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """log p(x|params), (B,) in nats; a density for "gaussian", a probability otherwise."""
+        """log p(x|params), (B,) in nats: a probability of the 8-bit image only if discrete."""
         params = params.float()  # the likelihood is always evaluated in fp32
         if self.kind == "bernoulli":
             return losses.bernoulli_log_likelihood(x, params)

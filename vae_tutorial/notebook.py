@@ -59,11 +59,18 @@ def run_dir() -> Path:
     return Path(os.environ.get("VAE_TUTORIAL_RUN") or checkout_dir() / "runs" / "conv-cpu")
 
 
+def committed_weights() -> Path:
+    """The full CPU run's half-precision weights, committed with the repository."""
+    return checkout_dir() / "results" / "conv-cpu" / "model-fp16.pt"
+
+
 def train_or_load(config, directory: Path | None = None):
     """Load the run in `directory` (finishing it first if interrupted), or train it there.
 
-    Returns (model in eval mode, history, checkpoint dict). In fast mode it always trains,
-    so that the notebooks exercise the trainer in seconds.
+    Without a run of your own, the committed weights of the full run (results/conv-cpu) are
+    loaded instead of training for half an hour. Returns (model in eval mode, history,
+    checkpoint dict). In fast mode it always trains, so that the notebooks exercise the
+    trainer in seconds.
     """
     from .checkpoint import load_checkpoint, load_model
     from .config import TrainConfig
@@ -71,7 +78,9 @@ def train_or_load(config, directory: Path | None = None):
 
     directory = Path(directory or run_dir())
     path = directory / "checkpoint.pt"
-    if path.exists() and not FAST:
+    if not FAST and not path.exists() and committed_weights().exists():
+        path = committed_weights()
+    elif path.exists() and not FAST:
         ckpt = load_checkpoint(path)
         stored = TrainConfig.from_dict(ckpt["config"])
         if ckpt["epoch"] < stored.epochs:  # interrupted: finish it
