@@ -24,15 +24,6 @@ FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_b
          "test_batch", "batches.meta"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _no_partial_env(monkeypatch):
     """No test here inherits an opt-in (or a data root) from the caller's environment."""

@@ -15,15 +15,6 @@ from vae_tutorial.model import ConvVAE
 D64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def lg():
     """A linear-Gaussian VAE (x in R^6, z in R^3) with a deliberately imperfect encoder."""

@@ -32,15 +32,6 @@ MEANS = [-0.3, 0.0, 0.2, 0.5, 0.77, 1.0, 1.4]
 LOG_SCALES = [-7.0, -5.0, -3.0, -1.0, 0.0, 2.0]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --- independent references ------------------------------------------------------------------
 
 def logistic(mean, scale) -> TransformedDistribution:

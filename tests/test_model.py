@@ -25,15 +25,6 @@ LATENT = 8
 DISCRETE = ("logistic", "logistic_mixture")  # likelihoods that are probabilities of 8-bit pixels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(name: str, likelihood: str) -> nn.Module:
     """A small model: ConvVAE(width 16, one residual block) or the seed network, z of size 8."""
     if name == "conv":
