@@ -51,6 +51,15 @@ def test_schedules():
     assert lr_at(c, 9, 100) == pytest.approx(1.0)
     assert lr_at(c, 100, 100) == pytest.approx(0.1)
     assert kl_weight_at(c, 1.0) == pytest.approx(1.0) and kl_weight_at(c, 5.0) == 2.0
+    assert lr_at(c, 50, 100, progress=1.0) == pytest.approx(0.1)  # the clock overrides steps
+    assert lr_at(c, 50, 100, progress=0.0) == pytest.approx(1.0)
+
+
+def test_time_limit_stops_the_run_and_decays_the_lr_on_the_clock(cfg):
+    history = train(cfg.replace(epochs=10_000, time_limit=0.05, lr_warmup_steps=1))  # 3 s
+    assert history[-1]["partial"] is True and len(history) < 10_000
+    assert sum(h["seconds"] for h in history) < 3.0 + 2.0
+    assert history[-1]["lr"] < 0.3 * cfg.lr  # the cosine decayed although few epochs ran
 
 
 def test_training_improves_and_writes_history(cfg):

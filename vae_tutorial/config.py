@@ -48,7 +48,7 @@ class TrainConfig:
     out_dir: str = "runs/conv-cpu"  # checkpoint.pt and history.json go here
     progress: bool = True  # tqdm progress bars
     log_every: int = 25  # steps between host syncs (progress bar, NaN check)
-    time_limit: float | None = None  # stop after this many minutes (for equal-time contests)
+    time_limit: float | None = None  # minutes of training; the lr decay then follows the clock
     notes: dict = field(default_factory=dict)  # free-form provenance saved with the run
 
     def replace(self, **changes) -> TrainConfig:

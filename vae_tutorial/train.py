@@ -56,11 +56,15 @@ def model_kwargs(cfg: TrainConfig) -> dict:
                 likelihood=cfg.likelihood, mixtures=cfg.mixtures)
 
 
-def lr_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
-    """Linear warm-up for lr_warmup_steps, then cosine decay to lr * lr_final."""
+def lr_at(cfg: TrainConfig, step: int, total_steps: int, progress: float | None = None) -> float:
+    """Linear warm-up for lr_warmup_steps, then cosine decay to lr * lr_final.
+
+    progress in [0, 1] replaces step / total_steps for the decay (used with a time limit)."""
     if step < cfg.lr_warmup_steps:
         return cfg.lr * (step + 1) / cfg.lr_warmup_steps
-    t = min(1.0, (step - cfg.lr_warmup_steps) / max(1, total_steps - cfg.lr_warmup_steps))
+    t = progress if progress is not None else (
+        (step - cfg.lr_warmup_steps) / max(1, total_steps - cfg.lr_warmup_steps))
+    t = min(1.0, t)
     return cfg.lr * (cfg.lr_final + (1 - cfg.lr_final) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
@@ -115,6 +119,9 @@ def train(config: TrainConfig, resume: bool = False,
     """
     cfg = config
     rank, world = _distributed()
+    if world > 1 and cfg.time_limit:
+        raise ValueError("time_limit is for single-process runs: under torchrun each rank's "
+                         "clock would stop it at a different step")
     device = pick_device(cfg.device)
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
@@ -169,12 +176,10 @@ def train(config: TrainConfig, resume: bool = False,
         net = torch.compile(net)
     show = cfg.progress and rank == 0
     started = time.perf_counter()
-    epoch_times: list[float] = []
 
+    budget = 60 * cfg.time_limit if cfg.time_limit else None  # seconds of training
+    out_of_time = False
     for epoch in range(start_epoch, cfg.epochs):
-        if cfg.time_limit and epoch_times and (time.perf_counter() - started + sum(
-                epoch_times) / len(epoch_times)) > 60 * cfg.time_limit:
-            break
         t0 = time.perf_counter()
         loader.set_epoch(epoch)
         model.train()
@@ -184,7 +189,13 @@ def train(config: TrainConfig, resume: bool = False,
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
                    leave=False, mininterval=1.0)
         for i, (xb, _) in enumerate(bar):
-            lr = lr_at(cfg, step, total_steps)
+            progress = None
+            if budget:  # the schedule follows the clock; stop when the time is up
+                progress = (time.perf_counter() - started) / budget
+                if progress >= 1.0:
+                    out_of_time = True
+                    break
+            lr = lr_at(cfg, step, total_steps, progress)
             for g in opt.param_groups:
                 g["lr"] = lr
             kl_w = kl_weight_at(cfg, epoch + i / steps_per_epoch)
@@ -213,11 +224,13 @@ def train(config: TrainConfig, resume: bool = False,
                     bar.set_postfix(bpd=f"{losses.bits_per_dim(sums[0].item() / seen):.3f}",
                                     kl=f"{sums[2].item() / seen:.1f}")
         train_time = time.perf_counter() - t0
+        if seen == 0:  # the time ran out before this epoch's first step
+            break
         if world > 1:
             dist.all_reduce(sums)
             seen *= world
         tr = (sums / seen).tolist()
-        record = {"epoch": epoch + 1, "step": step,
+        record = {"epoch": epoch + 1, "step": step, "partial": out_of_time,
                   "train_elbo": tr[0], "train_reconstruction": tr[1], "train_kl": tr[2],
                   "train_bpd": losses.bits_per_dim(tr[0])}
         if rank == 0:
@@ -227,7 +240,6 @@ def train(config: TrainConfig, resume: bool = False,
         record.update(lr=lr, kl_weight=kl_w, seconds=train_time,
                       images_per_second=seen / train_time)
         history.append(record)
-        epoch_times.append(time.perf_counter() - t0)
         if rank == 0:
             save_atomic({
                 "format": FORMAT, "config": cfg.to_dict(), "model_config": model_config(model),
@@ -248,4 +260,6 @@ def train(config: TrainConfig, resume: bool = False,
                 callback(record, model)
             except StopTraining:
                 break
+        if out_of_time:
+            break
     return history
