@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import shutil
 
 import pytest
 import torch
@@ -181,3 +182,28 @@ def test_half_precision_weights_load(cfg, tmp_path):
     mean_b, _ = half.encode(x)
     assert torch.allclose(mean_a, mean_b, atol=5e-2)
     assert ckpt_mod.FORMAT == ck["format"]
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(cfg):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(RuntimeError, match="CUDA is not available.*--device cpu"):
+        train(cfg.replace(device="cuda"))
+
+
+def test_gpu_settings_are_harmless_on_cpu(cfg):
+    """amp and channels_last (the CUDA fast path) give the same run as plain fp32 on a CPU."""
+    plain = train(cfg.replace(epochs=1, amp=False, channels_last=False))
+    fast = train(cfg.replace(epochs=1, amp=True, channels_last=True,
+                             out_dir=cfg.out_dir + "-cl"))
+    assert fast[-1]["train_elbo"] == pytest.approx(plain[-1]["train_elbo"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_torch_compile_trains(cfg):
+    """The opt-in torch.compile path trains and matches eager mode (compiles for ~1 min)."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("torch.compile on CPU needs a C compiler")
+    eager = train(cfg.replace(epochs=1))
+    compiled = train(cfg.replace(epochs=1, compile=True, out_dir=cfg.out_dir + "-c"))
+    assert compiled[-1]["train_elbo"] == pytest.approx(eager[-1]["train_elbo"], rel=1e-3)
