@@ -207,3 +207,15 @@ def test_torch_compile_trains(cfg):
     eager = train(cfg.replace(epochs=1))
     compiled = train(cfg.replace(epochs=1, compile=True, out_dir=cfg.out_dir + "-c"))
     assert compiled[-1]["train_elbo"] == pytest.approx(eager[-1]["train_elbo"], rel=1e-3)
+
+
+def test_cpu_bf16_is_opt_in_and_close_to_fp32(cfg):
+    """cpu_amp trains in bf16 where the CPU supports it, landing near the fp32 run."""
+    from vae_tutorial.train import autocast_enabled, cpu_bf16_supported
+
+    cpu = torch.device("cpu")
+    assert not autocast_enabled(cfg, cpu)  # off by default, also with amp=True
+    assert autocast_enabled(cfg.replace(cpu_amp=True), cpu) == cpu_bf16_supported()
+    fp32 = train(cfg.replace(epochs=1))
+    bf16 = train(cfg.replace(epochs=1, cpu_amp=True, out_dir=cfg.out_dir + "-bf16"))
+    assert bf16[-1]["train_elbo"] == pytest.approx(fp32[-1]["train_elbo"], rel=2e-2)

@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "test"], default="test")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--chunk", type=int, default=4096, help="images decoded at once by IWAE")
+    p.add_argument("--chunk", type=int, help="images decoded at once by IWAE "
+                   "(default: 16384 on CUDA, 256 on CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the result to this JSON file")
     p.set_defaults(func=cmd_evaluate)

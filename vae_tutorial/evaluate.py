@@ -13,16 +13,20 @@ from .model import VAE, reparameterize
 
 @torch.no_grad()
 def iwae_log_likelihood(model: VAE, x: torch.Tensor, num_samples: int,
-                        chunk: int = 4096) -> torch.Tensor:
+                        chunk: int | None = None) -> torch.Tensor:
     """log p(x) >= log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x) (Burda et al., 2015).
 
-    Encodes once, decodes the k samples in chunks of at most `chunk` images at a time, and
+    Encodes once, decodes the k samples in chunks of at most `chunk` images at a time (default:
+    16384 on CUDA; 256 elsewhere, measured fastest on a 2-core CPU, where large chunks thrash
+    memory), and
     combines the log-weights (fp32, or fp64 for a fp64 model) with logsumexp - log k.
     Returns (B,) in nats; k = 1 is an unbiased ELBO estimate, and the bound tightens towards
     log p(x) as k grows.
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    if chunk is None:
+        chunk = 16384 if x.device.type == "cuda" else 256
     mean, log_var = model.encode(x)  # (B, D) each
     b, d = mean.shape
     std = torch.exp(0.5 * log_var)
@@ -57,7 +61,7 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: VAE, batches, num_samples: int = 0, chunk: int = 4096,
+def evaluate(model: VAE, batches, num_samples: int = 0, chunk: int | None = None,
              progress: bool = False) -> Evaluation:
     """ELBO terms (and, with num_samples > 0, the IWAE log-likelihood) over an iterable of
     (x, label) batches. The model is put in eval mode and restored."""

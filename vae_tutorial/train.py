@@ -51,6 +51,21 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU computes bf16 natively (oneDNN with AMX or AVX512-BF16)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_enabled(cfg: TrainConfig, device: torch.device) -> bool:
+    """bf16 autocast: on CUDA with cfg.amp, on a bf16-capable CPU with cfg.cpu_amp."""
+    if device.type == "cuda":
+        return cfg.amp
+    return device.type == "cpu" and cfg.cpu_amp and cpu_bf16_supported()
+
+
 def model_kwargs(cfg: TrainConfig) -> dict:
     return dict(width=cfg.width, latent_dim=cfg.latent_dim, res_blocks=cfg.res_blocks,
                 likelihood=cfg.likelihood, mixtures=cfg.mixtures)
@@ -133,7 +148,7 @@ def train(config: TrainConfig, resume: bool = False,
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-    amp = cfg.amp and device.type == "cuda"
+    amp = autocast_enabled(cfg, device)
     out_dir = Path(cfg.out_dir)
     ckpt_path = out_dir / "checkpoint.pt"
 
