@@ -110,8 +110,11 @@ def cmd_evaluate(args) -> int:
     torch.manual_seed(args.seed)
     batches = _test_batches(args, device)
     ev = evaluate(model, batches, num_samples=args.samples, chunk=args.chunk, progress=True)
+    from .notebook import hardware
+
     result = {"checkpoint": str(args.checkpoint), "split": args.split,
-              "data": str(Path(args.data or default_root())), "device": str(device),
+              "data": Path(args.data or default_root()).resolve().name, "device": str(device),
+              "hardware": hardware(), "torch": torch.__version__, "seed": args.seed,
               **dataclasses.asdict(ev)}
     if not model.likelihood.discrete:
         print(f"note: the {model.likelihood.kind} likelihood is not a probability of 8-bit "
