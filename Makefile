@@ -84,6 +84,7 @@ notebooks: venv
 	    ../$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 	        --ExecutePreprocessor.timeout=-1 $$nb || exit 1; \
 	done
+	$(BIN)/python -m vae_tutorial.nbclean $(NOTEBOOKS)
 
 # Maintainers: record the full run under results/ (history, evaluation, half-precision weights).
 results: venv
