@@ -92,6 +92,8 @@ results: venv
 	cp $(RUN)/history.json $(RUN)/eval.json results/conv-$(PRESET)/
 	$(BIN)/python -m vae_tutorial export $(RUN)/checkpoint.pt results/conv-$(PRESET)/model-fp16.pt
 	cd results/conv-$(PRESET) && sha256sum model-fp16.pt > model-fp16.pt.sha256
+	if [ -f runs/seed-$(PRESET)/eval.json ]; then mkdir -p results/seed-$(PRESET) && \
+	    cp runs/seed-$(PRESET)/history.json runs/seed-$(PRESET)/eval.json results/seed-$(PRESET)/; fi
 
 clean:
 	rm -rf runs/fast runs/figures-fast .pytest_cache
