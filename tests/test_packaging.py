@@ -24,7 +24,8 @@ def pyproject_packages() -> set[str]:
 
 def conda_packages() -> set[str]:
     names = set()
-    for line in (REPO / "environment.yml").read_text().splitlines():
+    text = (REPO / "environment.yml").read_text()
+    for line in text.split("\ndependencies:", 1)[1].splitlines():
         m = re.match(r"^  - ([A-Za-z0-9_.-]+)", line)  # top-level dependencies only
         if m and m.group(1) not in ("python", "pip"):
             names.add(CONDA_TO_PIP.get(_name(m.group(1)), _name(m.group(1))))
