@@ -137,6 +137,12 @@ def run_bench(args) -> int:
     conv_rates = time_training(conv, _forever(loader), device, steps, repeats, amp=cuda)
     add(f"project pipeline: CifarLoader + ConvVAE ({'gpu' if cuda else 'cpu'} preset)",
         conv_rates)
+    if not cuda:  # channels_last is the default on CUDA only: is it faster on this CPU?
+        add("project pipeline: CifarLoader + ConvVAE, channels_last", time_training(
+            conv.to(memory_format=torch.channels_last), _forever(CifarLoader(
+                x, y, batch_size=b, device=device, drop_last=True, channels_last=True)),
+            device, steps, repeats, amp=False))
+        conv = conv.to(memory_format=torch.contiguous_format)
     if not cuda and cpu_bf16_supported():  # measured 1.4-1.75x on a CPU with AMX
         seed_model.load_state_dict(state)
         add("project pipeline: CifarLoader + SeedVAE, bf16", time_training(
