@@ -97,3 +97,22 @@ def test_train_evaluate_sample_end_to_end(tmp_path, env):
     r = run("train", "--out", out, "--epochs", "1", "--resume", env=env)
     after = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
     assert r.returncode == 0 and after == before
+
+
+def test_bench_writes_its_table(tmp_path, env):
+    out = tmp_path / "bench.json"
+    r = run("bench", "--loading-only", "--repeats", "2", "--batch-size", "100",
+            "--json", out, env=env)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["name"] for row in rows] == ["seed pipeline: DataLoader + ToTensor, batches only",
+                                            "project: CifarLoader, batches only"]
+    assert rows[1]["speedup_vs_seed"] > 1  # no PIL, no worker process: faster than the seed's
+    r = run("bench", "--steps", "1", "--repeats", "1", "--ks", "2", "--iwae-images", "4",
+            "--batch-size", "16", "--json", out, env=env)
+    assert r.returncode == 0, r.stderr
+    table = json.loads(out.read_text())
+    names = [row["name"] for row in table["rows"]]
+    assert names[0].startswith("seed pipeline") and names[-1] == "iwae_log_likelihood k=2 (ConvVAE)"
+    assert all(row["median"] > 0 for row in table["rows"])
+    assert table["rows"][1]["speedup_vs_seed"] > 0 and table["data"] == "cifar10-subset"

@@ -81,6 +81,22 @@ def time_iwae(model, x, k: int, repeats: int, device, chunk: int | None) -> list
     return rates
 
 
+def time_loading(batches, batches_per_repeat: int, repeats: int, device) -> list[float]:
+    """Images/s of drawing batches alone (moved to the device as float), no model."""
+    next(batches)
+    rates = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        n = 0
+        for _ in range(batches_per_repeat):
+            x, _ = next(batches)
+            n += len(x.to(device, non_blocking=True))
+        _sync(device)
+        rates.append(n / (time.perf_counter() - t0))
+    return rates
+
+
 def seed_pipeline(root, batch_size: int, device) -> cycle:
     """The seed notebook's input pipeline, with [0, 1] inputs instead of [-1, 1]."""
     from torch.utils.data import DataLoader
@@ -121,6 +137,16 @@ def run_bench(args) -> int:
         print(f"  {name:<44} {med:>10.0f} {unit}", flush=True)
 
     print(f"bench on {hardware()} ({device}), torch {torch.__version__}, data {root.resolve()}")
+    if args.loading_only:  # the input pipelines alone, one epoch's worth of batches each
+        n = len(x) // b
+        add("seed pipeline: DataLoader + ToTensor, batches only", time_loading(
+            seed_pipeline(root, b, device), n, repeats, device), unit="img/s")
+        add("project: CifarLoader, batches only", time_loading(_forever(CifarLoader(
+            x, y, batch_size=b, device=device, drop_last=True)), n, repeats, device),
+            unit="img/s")
+        rows[1]["speedup_vs_seed"] = rows[1]["median"] / rows[0]["median"]
+        print(f"  CifarLoader: {rows[1]['speedup_vs_seed']:.0f}x the seed's input pipeline")
+        return _write(args, device, root, b, n, repeats, rows)
     torch.manual_seed(0)
     seed_model = SeedVAE(likelihood="bernoulli")
     state = {k: v.clone() for k, v in seed_model.state_dict().items()}
@@ -165,9 +191,13 @@ def run_bench(args) -> int:
         rates = time_iwae(conv, test, k, max(1, repeats // 2), device, chunk=None)
         add(f"iwae_log_likelihood k={k} (ConvVAE)", rates, unit="eval img/s",
             seconds_for_1017_images=1017 / statistics.median(rates))
+    return _write(args, device, root, b, steps, repeats, rows)
+
+
+def _write(args, device, root, batch_size, steps, repeats, rows) -> int:
     result = {"hardware": hardware(), "device": str(device), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "data": root.resolve().name,
-              "batch_size": b, "steps": steps, "repeats": repeats, "rows": rows}
+              "batch_size": batch_size, "steps": steps, "repeats": repeats, "rows": rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.json}")

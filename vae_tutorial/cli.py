@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iwae-images", type=int, default=100, help="images for the IWAE timing")
     p.add_argument("--ks", default="100,1000", help="IWAE k values, comma-separated")
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
+    p.add_argument("--loading-only", action="store_true",
+                   help="time the input pipelines alone (no model), one epoch per repeat")
     p.add_argument("--json", default="bench.json", help="where to write the table")
     p.set_defaults(func=cmd_bench)
     return parser
