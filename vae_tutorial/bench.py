@@ -16,8 +16,8 @@ import os
 import statistics
 import time
 import warnings
-from itertools import cycle
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -97,7 +97,7 @@ def time_loading(batches, batches_per_repeat: int, repeats: int, device) -> list
     return rates
 
 
-def seed_pipeline(root, batch_size: int, device) -> cycle:
+def seed_pipeline(root, batch_size: int, device) -> Iterator:
     """The seed notebook's input pipeline, with [0, 1] inputs instead of [-1, 1]."""
     from torch.utils.data import DataLoader
     from torchvision import transforms

@@ -51,14 +51,17 @@ def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def checkout_dir() -> Path:
+    """The project checkout (where data/, runs/ and figures/ live), or the working directory."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
 def default_root() -> Path:
     """`$VAE_TUTORIAL_DATA`, else `data/` in the project checkout, else `./data`."""
     if os.environ.get("VAE_TUTORIAL_DATA"):
         return Path(os.environ["VAE_TUTORIAL_DATA"]).expanduser()
-    checkout = Path(__file__).resolve().parent.parent
-    if (checkout / "pyproject.toml").exists():
-        return checkout / "data"
-    return Path("data")
+    return checkout_dir() / "data"
 
 
 class _CIFAR10(CIFAR10):

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .config import fast_mode
-from .data import PartialDatasetWarning, default_root, env_flag
+from .data import PartialDatasetWarning, checkout_dir, default_root, env_flag
 
 FAST = fast_mode()  # VAE_TUTORIAL_FAST=1: a few hundred images, seconds per notebook
 
@@ -43,12 +43,6 @@ def provenance() -> dict:
         "partial data allowed": env_flag("VAE_TUTORIAL_ALLOW_PARTIAL"),
         "mode": "fast (VAE_TUTORIAL_FAST=1)" if FAST else "full",
     }
-
-
-def checkout_dir() -> Path:
-    """The project checkout (where runs/ and figures/ live), or the working directory."""
-    here = Path(__file__).resolve().parent.parent
-    return here if (here / "pyproject.toml").exists() else Path.cwd()
 
 
 def run_dir() -> Path:

@@ -9,6 +9,7 @@ import torch
 from torchvision.utils import make_grid, save_image
 
 from .config import fast_mode
+from .data import checkout_dir
 
 
 def figures_dir() -> Path:
@@ -19,8 +20,7 @@ def figures_dir() -> Path:
     """
     if os.environ.get("VAE_TUTORIAL_FIGURES"):
         return Path(os.environ["VAE_TUTORIAL_FIGURES"])
-    checkout = Path(__file__).resolve().parent.parent
-    base = checkout if (checkout / "pyproject.toml").exists() else Path(".")
+    base = checkout_dir()
     return base / "runs" / "figures-fast" if fast_mode() else base / "figures"
 
 
