@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -109,13 +110,15 @@ def cmd_evaluate(args) -> int:
     model, ckpt = load_model(args.checkpoint, map_location=device)
     torch.manual_seed(args.seed)
     batches = _test_batches(args, device)
+    t0 = time.perf_counter()
     ev = evaluate(model, batches, num_samples=args.samples, chunk=args.chunk, progress=True)
+    seconds = time.perf_counter() - t0  # evaluate() ends with a host copy, so this is synced
     from .notebook import hardware
 
     result = {"checkpoint": str(args.checkpoint), "split": args.split,
               "data": Path(args.data or default_root()).resolve().name, "device": str(device),
               "hardware": hardware(), "torch": torch.__version__, "seed": args.seed,
-              **dataclasses.asdict(ev)}
+              "seconds": round(seconds, 2), **dataclasses.asdict(ev)}
     if not model.likelihood.discrete:
         print(f"note: the {model.likelihood.kind} likelihood is not a probability of 8-bit "
               "images; its bits/dim do not compare with published numbers", file=sys.stderr)
@@ -124,6 +127,7 @@ def cmd_evaluate(args) -> int:
     if args.samples:
         print(f"IWAE (k={args.samples}): log p(x) >= {ev.iwae:.1f} nats "
               f"({ev.iwae_bits_per_dim:.3f} bits/dim)")
+    print(f"{seconds:.1f} s on {device}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1))
@@ -235,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
     p.add_argument("--steps", type=int, default=10, help="training steps per repeat")
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--test-data", help="folder with the test split for the IWAE timing "
+                   "(default: --data)")
     p.add_argument("--iwae-images", type=int, default=100, help="images for the IWAE timing")
     p.add_argument("--ks", default="100,1000", help="IWAE k values, comma-separated")
     p.add_argument("--compile", action="store_true", help="also time torch.compile")

@@ -42,8 +42,7 @@ class TrainConfig:
     seed: int = 0  # seeds the weights, the data order and the sampling noise
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     device: str = "auto"  # "auto" (cuda, then mps, then cpu) or a torch device string
-    amp: bool = True  # bf16 autocast on CUDA (ignored elsewhere)
-    cpu_amp: bool = False  # bf16 autocast on CPUs with native bf16 (AMX, AVX512-BF16): opt-in
+    amp: bool = True  # bf16 autocast where bf16 is native: CUDA, CPUs with AMX/AVX512-BF16
     channels_last: bool | None = None  # None: on CUDA only (it measured no faster on CPU)
     compile: bool = False  # torch.compile the model (opt-in: it takes a while to compile)
     out_dir: str = "runs/conv-cpu"  # checkpoint.pt and history.json go here
