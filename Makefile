@@ -32,7 +32,7 @@ RUN        := runs/conv-$(PRESET)
 export VAE_TUTORIAL_RUN := $(abspath $(RUN))
 NOTEBOOKS  := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: tutorial test venv data train evaluate notebooks compare jpeg-copy results clean
+.PHONY: tutorial test venv data train evaluate notebooks compare jpeg-copy results bench clean
 
 tutorial: venv data train evaluate notebooks
 	@echo "tutorial done: checkpoint $(RUN)/checkpoint.pt, notebooks executed, figures in figures/"
@@ -94,6 +94,15 @@ results: venv
 	cd results/conv-$(PRESET) && sha256sum model-fp16.pt > model-fp16.pt.sha256
 	if [ -f runs/seed-$(PRESET)/eval.json ]; then mkdir -p results/seed-$(PRESET) && \
 	    cp runs/seed-$(PRESET)/history.json runs/seed-$(PRESET)/eval.json results/seed-$(PRESET)/; fi
+	$(BIN)/python -m vae_tutorial report --write README.md
+
+# Maintainers: the README's Performance tables, measured on this machine (a few minutes).
+bench: venv
+	$(BIN)/python -m vae_tutorial bench --data $(TRAIN_DATA) \
+	    --test-data $(or $(VAE_TUTORIAL_DATA),data) --iwae-images 20 --json results/bench-cpu.json
+	$(BIN)/python -m vae_tutorial bench --loading-only --data $(TRAIN_DATA) --repeats 3 \
+	    --json results/bench-loading-cpu.json
+	$(BIN)/python -m vae_tutorial report --write README.md
 
 clean:
 	rm -rf runs/fast runs/figures-fast .pytest_cache

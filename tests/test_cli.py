@@ -8,7 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-COMMANDS = ["data", "train", "evaluate", "sample", "export", "bench"]
+from vae_tutorial.train import cpu_bf16_supported
+
+COMMANDS = ["data", "train", "evaluate", "sample", "export", "bench", "report"]
 
 
 def run(*args, env=None, cwd=None):
@@ -114,5 +116,10 @@ def test_bench_writes_its_table(tmp_path, env):
     table = json.loads(out.read_text())
     names = [row["name"] for row in table["rows"]]
     assert names[0].startswith("seed pipeline") and names[-1] == "iwae_log_likelihood k=2 (ConvVAE)"
+    # the project's default precision, and fp32 beside it where the default is bf16
+    bf16 = cpu_bf16_supported()
+    assert names[1] == f"project pipeline: CifarLoader + SeedVAE, {'bf16' if bf16 else 'fp32'}"
+    assert ("project pipeline: CifarLoader + SeedVAE, fp32" in names[1:3]) and (
+        ("project pipeline: CifarLoader + SeedVAE, bf16" in names) == bf16)
     assert all(row["median"] > 0 for row in table["rows"])
     assert table["rows"][1]["speedup_vs_seed"] > 0 and table["data"] == "cifar10-subset"

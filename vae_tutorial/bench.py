@@ -3,17 +3,21 @@
 Every figure is the median of `repeats` timed blocks of `steps` training steps (or IWAE
 batches), after warm-up. Rows:
   seed pipeline    torchvision CIFAR10 + ToTensor + DataLoader(num_workers=cpu_count//2,
-                   pin_memory) + SeedVAE, the loss corrected (Bernoulli on [0, 1] inputs)
-  project, seed    CifarLoader (uint8 on the device) + the same SeedVAE
-  project, conv    CifarLoader + ConvVAE as in the cpu (or, on CUDA, gpu) preset
-  iwae k=...       evaluation images/s of iwae_log_likelihood on ConvVAE
+                   pin_memory) + SeedVAE in fp32, the loss corrected (Bernoulli on [0, 1])
+  project, seed    CifarLoader (uint8 on the device) + the same SeedVAE, in the project's
+                   default precision (bf16 autocast where bf16 is native: CUDA, CPUs with
+                   AMX/AVX512-BF16) and, where that is bf16, in fp32 too
+  project, conv    CifarLoader + ConvVAE as in the cpu (or, on CUDA, gpu) preset, likewise
+  iwae k=...       evaluation images/s of iwae_log_likelihood on ConvVAE (fp32)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +30,7 @@ from .data import CifarLoader, PartialDatasetWarning, default_root, load_cifar10
 from .evaluate import iwae_log_likelihood
 from .model import ConvVAE, SeedVAE
 from .notebook import hardware
-from .train import cpu_bf16_supported, model_kwargs, pick_device
+from .train import autocast_enabled, model_kwargs, pick_device
 
 TRAIN_IMAGES = 50_000  # one epoch of the full training set
 
@@ -135,7 +139,7 @@ def run_bench(args) -> int:
         med = statistics.median(rates)
         rows.append({"name": name, "unit": unit, "median": med,
                      "repeats": [round(r, 1) for r in rates], **extra})
-        print(f"  {name:<44} {med:>10.0f} {unit}", flush=True)
+        print(f"  {name:<66} {med:>9.0f} {unit}", flush=True)
 
     print(f"bench on {hardware()} ({device}), torch {torch.__version__}, data {root.resolve()}")
     if args.loading_only:  # the input pipelines alone, one epoch's worth of batches each
@@ -148,47 +152,48 @@ def run_bench(args) -> int:
         rows[1]["speedup_vs_seed"] = rows[1]["median"] / rows[0]["median"]
         print(f"  CifarLoader: {rows[1]['speedup_vs_seed']:.0f}x the seed's input pipeline")
         return _write(args, device, root, b, n, repeats, rows)
+    amp = autocast_enabled(cfg, device)  # the project's default: bf16 where it is native
+    prec = "bf16" if amp else "fp32"
     torch.manual_seed(0)
     seed_model = SeedVAE(likelihood="bernoulli")
     state = {k: v.clone() for k, v in seed_model.state_dict().items()}
-    add("seed pipeline: DataLoader + SeedVAE", time_training(
+    add("seed pipeline: DataLoader + SeedVAE, fp32", time_training(
         seed_model, seed_pipeline(root, b, device), device, steps, repeats, amp=False))
-    seed_model.load_state_dict(state)
     loader = CifarLoader(x, y, batch_size=b, device=device, drop_last=True,
                          channels_last=cuda)
-    add("project pipeline: CifarLoader + SeedVAE", time_training(
-        seed_model, _forever(loader), device, steps, repeats, amp=cuda))
+    for run_amp in [amp, False] if amp else [False]:  # fp32 too: the data path's share alone
+        seed_model.load_state_dict(state)
+        add(f"project pipeline: CifarLoader + SeedVAE, {'bf16' if run_amp else 'fp32'}",
+            time_training(seed_model, _forever(loader), device, steps, repeats, amp=run_amp))
     conv = ConvVAE(**model_kwargs(cfg))
-    if cuda:
-        conv = conv.to(memory_format=torch.channels_last)
-    conv_rates = time_training(conv, _forever(loader), device, steps, repeats, amp=cuda)
-    add(f"project pipeline: CifarLoader + ConvVAE ({'gpu' if cuda else 'cpu'} preset)",
-        conv_rates)
+    conv_state = {k: v.clone() for k, v in conv.state_dict().items()}
+    name = f"project pipeline: CifarLoader + ConvVAE ({'gpu' if cuda else 'cpu'} preset)"
+    for run_amp in [amp, False] if amp else [False]:
+        conv.load_state_dict(conv_state)
+        add(f"{name}, {'bf16' if run_amp else 'fp32'}", time_training(
+            conv.to(memory_format=torch.channels_last if cuda else torch.contiguous_format),
+            _forever(loader), device, steps, repeats, amp=run_amp))
     if not cuda:  # channels_last is the default on CUDA only: is it faster on this CPU?
-        add("project pipeline: CifarLoader + ConvVAE, channels_last", time_training(
+        conv.load_state_dict(conv_state)
+        add(f"{name}, {prec}, channels_last", time_training(
             conv.to(memory_format=torch.channels_last), _forever(CifarLoader(
                 x, y, batch_size=b, device=device, drop_last=True, channels_last=True)),
-            device, steps, repeats, amp=False))
+            device, steps, repeats, amp=amp))
         conv = conv.to(memory_format=torch.contiguous_format)
-    if not cuda and cpu_bf16_supported():  # measured 1.4-1.75x on a CPU with AMX
-        seed_model.load_state_dict(state)
-        add("project pipeline: CifarLoader + SeedVAE, bf16", time_training(
-            seed_model, _forever(loader), device, steps, repeats, amp=True))
-        add("project pipeline: CifarLoader + ConvVAE, bf16", time_training(
-            conv, _forever(loader), device, steps, repeats, amp=True))
     if args.compile:
         seed_model.load_state_dict(state)
-        add("project pipeline: CifarLoader + SeedVAE, torch.compile", time_training(
-            seed_model, _forever(loader), device, steps, repeats, amp=cuda, compile_model=True))
-        add("project pipeline: CifarLoader + ConvVAE, torch.compile", time_training(
-            conv, _forever(loader), device, steps, repeats, amp=cuda, compile_model=True))
+        add(f"project pipeline: CifarLoader + SeedVAE, {prec}, torch.compile", time_training(
+            seed_model, _forever(loader), device, steps, repeats, amp=amp, compile_model=True))
+        conv.load_state_dict(conv_state)
+        add(f"{name}, {prec}, torch.compile", time_training(
+            conv, _forever(loader), device, steps, repeats, amp=amp, compile_model=True))
     seed_rate = rows[0]["median"]
     for row in rows[1:]:
         row["speedup_vs_seed"] = row["median"] / seed_rate
         row["seconds_per_epoch"] = TRAIN_IMAGES / row["median"]
     print("  vs the seed pipeline: " + ", ".join(
         f"{r['name'].split(': ')[-1]} {r['speedup_vs_seed']:.2f}x" for r in rows[1:]))
-    conv_row = rows[2]
+    conv_row = next(r for r in rows if "ConvVAE" in r["name"])  # the default precision's
     print(f"  ConvVAE: {conv_row['seconds_per_epoch']:.0f} s per 50,000-image epoch")
     test = tx[:args.iwae_images].to(device).float().div(255)
     for k in [int(s) for s in str(args.ks).split(",") if s.strip()]:
@@ -199,7 +204,9 @@ def run_bench(args) -> int:
 
 
 def _write(args, device, root, batch_size, steps, repeats, rows, test_root=None) -> int:
-    result = {"hardware": hardware(), "device": str(device), "torch": torch.__version__,
+    command = " ".join(["python -m vae_tutorial", *map(shlex.quote, sys.argv[1:])])
+    result = {"command": command, "hardware": hardware(), "device": str(device),
+              "torch": torch.__version__,
               "threads": torch.get_num_threads(), "data": root.resolve().name,
               "test_data": (test_root or root).resolve().name,
               "batch_size": batch_size, "steps": steps, "repeats": repeats, "rows": rows}

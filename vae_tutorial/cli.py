@@ -173,6 +173,19 @@ def cmd_bench(args) -> int:
     return run_bench(args)
 
 
+def cmd_report(args) -> int:
+    from .report import fill, tables
+
+    generated = tables(args.results)
+    if args.write:
+        readme = Path(args.write)
+        readme.write_text(fill(readme.read_text(), generated))
+        print(f"wrote {len(generated)} tables into {readme}")
+    else:
+        print("\n\n".join(f"<!-- report:{k} -->\n{v}" for k, v in generated.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m vae_tutorial", description=__doc__,
                                      parents=[_common(debug_only=True)])
@@ -248,6 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time the input pipelines alone (no model), one epoch per repeat")
     p.add_argument("--json", default="bench.json", help="where to write the table")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("report", parents=[_common(debug_only=True)],
+                       help="the README's tables, generated from results/",
+                       description="Markdown tables of the committed measurements (training, "
+                       "bench) from the JSON files under results/.")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
+    p.add_argument("--write", metavar="README", help="replace the <!-- report:NAME --> blocks "
+                   "of this file instead of printing")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

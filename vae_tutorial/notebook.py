@@ -62,7 +62,7 @@ def train_or_load(config, directory: Path | None = None):
     """Load the run in `directory` (finishing it first if interrupted), or train it there.
 
     Without a run of your own, the committed weights of the full run (results/conv-cpu) are
-    loaded instead of training for half an hour. Returns (model in eval mode, history,
+    loaded instead of training for 20 minutes. Returns (model in eval mode, history,
     checkpoint dict). In fast mode it always trains, so that the notebooks exercise the
     trainer in seconds.
     """
