@@ -3,7 +3,10 @@
 import json
 import os
 import pickle
+import platform
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -225,3 +228,26 @@ def test_amp_is_bf16_where_native_and_close_to_fp32(cfg):
     assert bf16[-1]["train_elbo"] == pytest.approx(fp32[-1]["train_elbo"], rel=2e-2)
     if cpu_bf16_supported():  # the two runs differ: bf16 really was used
         assert bf16[-1]["train_elbo"] != fp32[-1]["train_elbo"]
+
+
+def test_amp_stays_fp32_where_bf16_is_not_native(cfg, monkeypatch):
+    """On a CPU without native bf16 (emulated there, and slower) amp=True trains exactly as fp32."""
+    import vae_tutorial.train as train_module
+
+    monkeypatch.setattr(train_module, "cpu_bf16_supported", lambda: False)
+    assert not train_module.autocast_enabled(cfg.replace(amp=True), torch.device("cpu"))
+    amp = train(cfg.replace(epochs=1, amp=True))
+    fp32 = train(cfg.replace(epochs=1, amp=False, out_dir=cfg.out_dir + "-fp32"))
+    assert amp[-1]["precision"] == fp32[-1]["precision"] == "fp32"
+    assert amp[-1]["train_elbo"] == fp32[-1]["train_elbo"]
+
+
+@pytest.mark.skipif(platform.machine() != "x86_64" or not Path("/proc/cpuinfo").exists(),
+                    reason="reads the x86 CPU flags of Linux")
+def test_cpu_bf16_check_matches_the_cpu_flags():
+    """bf16 counts as native only with AMX or AVX512-BF16, as the kernel reports the CPU."""
+    from vae_tutorial.train import cpu_bf16_supported
+
+    flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
+                .group(1).split())
+    assert cpu_bf16_supported() == bool({"amx_bf16", "avx512_bf16"} & flags)

@@ -5,8 +5,8 @@ batches), after warm-up. Rows:
   seed pipeline    torchvision CIFAR10 + ToTensor + DataLoader(num_workers=cpu_count//2,
                    pin_memory) + SeedVAE in fp32, the loss corrected (Bernoulli on [0, 1])
   project, seed    CifarLoader (uint8 on the device) + the same SeedVAE, in the project's
-                   default precision (bf16 autocast where bf16 is native: CUDA, CPUs with
-                   AMX/AVX512-BF16) and, where that is bf16, in fp32 too
+                   default precision (bf16 autocast where bf16 is native: Ampere+ GPUs,
+                   CPUs with AMX/AVX512-BF16) and, where that is bf16, in fp32 too
   project, conv    CifarLoader + ConvVAE as in the cpu (or, on CUDA, gpu) preset, likewise
   iwae k=...       evaluation images/s of iwae_log_likelihood on ConvVAE (fp32)
 """
@@ -41,11 +41,13 @@ def _sync(device: torch.device) -> None:
 
 
 def time_training(model, batches, device, steps: int, repeats: int, amp: bool,
-                  compile_model: bool = False) -> list[float]:
-    """Images/s of `repeats` blocks of `steps` optimizer steps, after 3 warm-up steps."""
+                  compile_model: bool = False, fused: bool | None = None) -> list[float]:
+    """Images/s of `repeats` blocks of `steps` optimizer steps, after 3 warm-up steps.
+    `fused` Adam defaults to the project's choice (on CUDA); the seed's row passes False."""
     model.to(device).train()
     net = torch.compile(model) if compile_model else model
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    fused = device.type == "cuda" if fused is None else fused
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused)
 
     def step():
         x, _ = next(batches)
@@ -158,7 +160,8 @@ def run_bench(args) -> int:
     seed_model = SeedVAE(likelihood="bernoulli")
     state = {k: v.clone() for k, v in seed_model.state_dict().items()}
     add("seed pipeline: DataLoader + SeedVAE, fp32", time_training(
-        seed_model, seed_pipeline(root, b, device), device, steps, repeats, amp=False))
+        seed_model, seed_pipeline(root, b, device), device, steps, repeats, amp=False,
+        fused=False))
     loader = CifarLoader(x, y, batch_size=b, device=device, drop_last=True,
                          channels_last=cuda)
     for run_amp in [amp, False] if amp else [False]:  # fp32 too: the data path's share alone
@@ -173,13 +176,14 @@ def run_bench(args) -> int:
         add(f"{name}, {'bf16' if run_amp else 'fp32'}", time_training(
             conv.to(memory_format=torch.channels_last if cuda else torch.contiguous_format),
             _forever(loader), device, steps, repeats, amp=run_amp))
-    if not cuda:  # channels_last is the default on CUDA only: is it faster on this CPU?
-        conv.load_state_dict(conv_state)
-        add(f"{name}, {prec}, channels_last", time_training(
-            conv.to(memory_format=torch.channels_last), _forever(CifarLoader(
-                x, y, batch_size=b, device=device, drop_last=True, channels_last=True)),
-            device, steps, repeats, amp=amp))
-        conv = conv.to(memory_format=torch.contiguous_format)
+    # channels_last is the default on CUDA only: the other layout, to check that choice
+    other = torch.contiguous_format if cuda else torch.channels_last
+    conv.load_state_dict(conv_state)
+    add(f"{name}, {prec}, {'contiguous' if cuda else 'channels_last'}", time_training(
+        conv.to(memory_format=other), _forever(CifarLoader(
+            x, y, batch_size=b, device=device, drop_last=True, channels_last=not cuda)),
+        device, steps, repeats, amp=amp))
+    conv = conv.to(memory_format=torch.channels_last if cuda else torch.contiguous_format)
     if args.compile:
         seed_model.load_state_dict(state)
         add(f"project pipeline: CifarLoader + SeedVAE, {prec}, torch.compile", time_training(
@@ -204,7 +208,10 @@ def run_bench(args) -> int:
 
 
 def _write(args, device, root, batch_size, steps, repeats, rows, test_root=None) -> int:
-    command = " ".join(["python -m vae_tutorial", *map(shlex.quote, sys.argv[1:])])
+    # as typed from the working directory: absolute paths that make turned them into made relative
+    argv = [os.path.relpath(a) if os.path.isabs(a) and os.path.exists(a) else a
+            for a in sys.argv[1:]]
+    command = " ".join(["python -m vae_tutorial", *map(shlex.quote, argv)])
     result = {"command": command, "hardware": hardware(), "device": str(device),
               "torch": torch.__version__,
               "threads": torch.get_num_threads(), "data": root.resolve().name,

@@ -23,10 +23,13 @@ def setup(seed: int = 0) -> dict:
 
 
 def hardware() -> str:
-    """A short description of the machine: CPU cores or the GPU name."""
+    """A short description of the machine: CPU cores (and native bf16) or the GPU name."""
+    from .train import cpu_bf16_supported
+
     if torch.cuda.is_available():
         return f"GPU {torch.cuda.get_device_name(0)}"
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    bf16 = ", native bf16" if cpu_bf16_supported() else ""
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores{bf16}"
 
 
 def provenance() -> dict:

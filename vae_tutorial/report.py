@@ -105,7 +105,8 @@ def fill(text: str, generated: dict[str, str]) -> str:
     """text with every `<!-- report:NAME -->...<!-- /report:NAME -->` block regenerated."""
     for name, table in generated.items():
         pattern = re.compile(
-            rf"(<!-- report:{name} -->\n)(?:.*?\n)?(<!-- /report:{name} -->)", re.S)
+            rf"(<!-- report:{re.escape(name)} -->\n)(?:.*?\n)?(<!-- /report:{re.escape(name)} -->)",
+            re.S)
         if not pattern.search(text):
             raise ValueError(f"no <!-- report:{name} --> ... <!-- /report:{name} --> block")
         text = pattern.sub(lambda m: m.group(1) + table + "\n" + m.group(2), text)

@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import platform
 import time
 from pathlib import Path
 from typing import Callable
@@ -52,18 +53,30 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def cpu_bf16_supported() -> bool:
-    """Whether this CPU computes bf16 natively (oneDNN with AMX or AVX512-BF16)."""
+    """Whether this CPU computes bf16 natively: AMX or AVX512-BF16 on x86 (oneDNN's own check
+    also says yes on plain AVX512, where bf16 is emulated and slower than fp32), oneDNN's
+    check elsewhere (Arm)."""
     try:
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 
 
+def cuda_bf16_supported() -> bool:
+    """Whether this GPU computes bf16 natively (Ampere and later), not by emulation."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the argument
+        return torch.cuda.is_bf16_supported()
+
+
 def autocast_enabled(cfg: TrainConfig, device: torch.device) -> bool:
-    """bf16 autocast with cfg.amp: on CUDA, and on CPUs that compute bf16 natively (elsewhere
-    bf16 is emulated and slower than fp32)."""
+    """bf16 autocast with cfg.amp, where bf16 is native: GPUs from Ampere on, CPUs with AMX or
+    AVX512-BF16 (elsewhere bf16 is emulated and slower than fp32, so training stays in fp32)."""
     if device.type == "cuda":
-        return cfg.amp
+        return cfg.amp and cuda_bf16_supported()
     return device.type == "cpu" and cfg.amp and cpu_bf16_supported()
 
 
