@@ -155,7 +155,9 @@ def run_bench(args) -> int:
         print(f"  CifarLoader: {rows[1]['speedup_vs_seed']:.0f}x the seed's input pipeline")
         return _write(args, device, root, b, n, repeats, rows)
     amp = autocast_enabled(cfg, device)  # the project's default: bf16 where it is native
+    precisions = [amp, False] if amp else [False]  # fp32 too where the default is bf16
     prec = "bf16" if amp else "fp32"
+    layout = torch.channels_last if cuda else torch.contiguous_format  # the trainer's choice
     torch.manual_seed(0)
     seed_model = SeedVAE(likelihood="bernoulli")
     state = {k: v.clone() for k, v in seed_model.state_dict().items()}
@@ -164,18 +166,18 @@ def run_bench(args) -> int:
         fused=False))
     loader = CifarLoader(x, y, batch_size=b, device=device, drop_last=True,
                          channels_last=cuda)
-    for run_amp in [amp, False] if amp else [False]:  # fp32 too: the data path's share alone
+    for run_amp in precisions:  # fp32 beside bf16: the data path's share alone
         seed_model.load_state_dict(state)
         add(f"project pipeline: CifarLoader + SeedVAE, {'bf16' if run_amp else 'fp32'}",
             time_training(seed_model, _forever(loader), device, steps, repeats, amp=run_amp))
     conv = ConvVAE(**model_kwargs(cfg))
     conv_state = {k: v.clone() for k, v in conv.state_dict().items()}
     name = f"project pipeline: CifarLoader + ConvVAE ({'gpu' if cuda else 'cpu'} preset)"
-    for run_amp in [amp, False] if amp else [False]:
+    for run_amp in precisions:
         conv.load_state_dict(conv_state)
         add(f"{name}, {'bf16' if run_amp else 'fp32'}", time_training(
-            conv.to(memory_format=torch.channels_last if cuda else torch.contiguous_format),
-            _forever(loader), device, steps, repeats, amp=run_amp))
+            conv.to(memory_format=layout), _forever(loader), device, steps, repeats,
+            amp=run_amp))
     # channels_last is the default on CUDA only: the other layout, to check that choice
     other = torch.contiguous_format if cuda else torch.channels_last
     conv.load_state_dict(conv_state)
@@ -183,7 +185,7 @@ def run_bench(args) -> int:
         conv.to(memory_format=other), _forever(CifarLoader(
             x, y, batch_size=b, device=device, drop_last=True, channels_last=not cuda)),
         device, steps, repeats, amp=amp))
-    conv = conv.to(memory_format=torch.channels_last if cuda else torch.contiguous_format)
+    conv = conv.to(memory_format=layout)
     if args.compile:
         seed_model.load_state_dict(state)
         add(f"project pipeline: CifarLoader + SeedVAE, {prec}, torch.compile", time_training(
@@ -208,7 +210,7 @@ def run_bench(args) -> int:
 
 
 def _write(args, device, root, batch_size, steps, repeats, rows, test_root=None) -> int:
-    # as typed from the working directory: absolute paths that make turned them into made relative
+    # the command as typed from the working directory (make passes absolute paths)
     argv = [os.path.relpath(a) if os.path.isabs(a) and os.path.exists(a) else a
             for a in sys.argv[1:]]
     command = " ".join(["python -m vae_tutorial", *map(shlex.quote, argv)])

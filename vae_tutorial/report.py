@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+from .bench import TRAIN_IMAGES
 from .config import preset
 from .model import build_model, count_parameters
 from .train import model_kwargs
@@ -70,7 +71,7 @@ def bench_table(path: Path) -> str:
     for r in train:
         ratio = r.get("speedup_vs_seed", 1.0)
         lines.append(f"| {r['name']} | {_n(r['median'])} | {ratio:.2f}x "
-                     f"| {50_000 / r['median']:.0f} |")
+                     f"| {TRAIN_IMAGES / r['median']:.0f} |")
     evals = [r for r in b["rows"] if r["unit"] == "eval img/s"]
     if evals:
         lines += ["", "| evaluation (fp32 log-weights) | images/s | 1,017 exact test images |",
