@@ -1,16 +1,20 @@
 """python -m vae_tutorial: help texts, one-line errors with exit codes, fast end-to-end run."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from vae_tutorial.train import cpu_bf16_supported
+from vae_tutorial import runtime
 
-COMMANDS = ["data", "train", "evaluate", "sample", "export", "bench", "report"]
+REPO = Path(__file__).resolve().parent.parent
+
+COMMANDS = ["data", "train", "evaluate", "sample", "export", "bench", "report", "results"]
 
 
 def run(*args, env=None, cwd=None):
@@ -19,12 +23,9 @@ def run(*args, env=None, cwd=None):
 
 
 @pytest.fixture
-def env(subset_root, monkeypatch, tmp_path):
-    import os
-
-    e = dict(os.environ, VAE_TUTORIAL_DATA=str(subset_root), VAE_TUTORIAL_ALLOW_PARTIAL="1",
-             VAE_TUTORIAL_FAST="1", VAE_TUTORIAL_FIGURES=str(tmp_path / "fig"))
-    return e
+def env(subset_root, tmp_path):
+    return dict(os.environ, **{runtime.DATA_ENV: str(subset_root), runtime.ALLOW_PARTIAL_ENV: "1",
+                               runtime.FAST_ENV: "1", runtime.FIGURES_ENV: str(tmp_path / "fig")})
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -35,11 +36,11 @@ def test_every_subcommand_has_help(command):
 
 
 def test_missing_data_is_one_line_and_exit_2(tmp_path, env):
-    env["VAE_TUTORIAL_DATA"] = str(tmp_path / "empty")
+    env[runtime.DATA_ENV] = str(tmp_path / "empty")
     r = run("train", "--preset", "fast", "--out", tmp_path / "o", env=env)
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and "CIFAR-10 not found" in lines[0] and "VAE_TUTORIAL_DATA" in lines[0]
+    assert len(lines) == 1 and "CIFAR-10 not found" in lines[0] and runtime.DATA_ENV in lines[0]
     assert "Traceback" not in r.stderr
 
 
@@ -56,11 +57,11 @@ def test_bad_checkpoint_and_bad_override(tmp_path, env):
     r = run("train", "--set", "widht=3", "--out", tmp_path / "o", env=env)
     assert r.returncode == 2 and "widht" in r.stderr and "Traceback" not in r.stderr
     r = run("train", "--set", "width=wide", "--out", tmp_path / "o", env=env)
-    assert r.returncode == 2 and "expected int" in r.stderr
+    assert r.returncode == 2 and "expected an int" in r.stderr
 
 
 def test_partial_copy_needs_the_opt_in(tmp_path, env):
-    env.pop("VAE_TUTORIAL_ALLOW_PARTIAL")
+    env.pop(runtime.ALLOW_PARTIAL_ENV)
     r = run("data", env=env)
     assert r.returncode == 2 and "allow-partial" in r.stderr
     r = run("data", "--allow-partial", env=env)
@@ -99,6 +100,11 @@ def test_train_evaluate_sample_end_to_end(tmp_path, env):
     r = run("train", "--out", out, "--epochs", "1", "--resume", env=env)
     after = torch.load(out / "checkpoint.pt", weights_only=True)["step"]
     assert r.returncode == 0 and after == before
+    # without --resume or --fresh an existing run is never overwritten
+    digest = (out / "checkpoint.pt").read_bytes()
+    r = run("train", "--out", out, "--epochs", "1", env=env)
+    assert r.returncode == 2 and "--resume" in r.stderr and "--fresh" in r.stderr
+    assert (out / "checkpoint.pt").read_bytes() == digest
 
 
 def test_bench_writes_its_table(tmp_path, env):
@@ -116,10 +122,26 @@ def test_bench_writes_its_table(tmp_path, env):
     table = json.loads(out.read_text())
     names = [row["name"] for row in table["rows"]]
     assert names[0].startswith("seed pipeline") and names[-1] == "iwae_log_likelihood k=2 (ConvVAE)"
+    assert any("hierarchical VAE (cpu preset)" in n for n in names)
     # the project's default precision, and fp32 beside it where the default is bf16
-    bf16 = cpu_bf16_supported()
+    bf16 = runtime.cpu_bf16_native()
     assert names[1] == f"project pipeline: CifarLoader + SeedVAE, {'bf16' if bf16 else 'fp32'}"
     assert ("project pipeline: CifarLoader + SeedVAE, fp32" in names[1:3]) and (
         ("project pipeline: CifarLoader + SeedVAE, bf16" in names) == bf16)
     assert all(row["median"] > 0 for row in table["rows"])
     assert table["rows"][1]["speedup_vs_seed"] > 0 and table["data"] == "cifar10-subset"
+
+
+def test_committed_weights_reproduce_their_evaluation(tmp_path, env):
+    """`evaluate` on the committed half-precision weights of the full run gives the ELBO and
+    IWAE of results/conv-cpu/eval.json on the 1,017 exact test images, within Monte Carlo
+    noise (both are sampled; seeds and kernels differ between versions and machines)."""
+    stored = json.loads((REPO / "results/conv-cpu/eval.json").read_text())
+    out = tmp_path / "eval.json"
+    r = run("evaluate", REPO / "results/conv-cpu/model-fp16.pt", "-k", "100", "--json", out,
+            env=env)
+    assert r.returncode == 0, r.stderr
+    now = json.loads(out.read_text())
+    assert now["images"] == stored["images"] == 1017 and now["data"] == stored["data"]
+    assert abs(now["elbo"] - stored["elbo"]) < 1.5  # nats per image, of about 11,100
+    assert abs(now["iwae"] - stored["iwae"]) < 1.5

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-import vae_tutorial
+from vae_tutorial import runtime
 from vae_tutorial.data import (
     FOLDER,
     CifarLoader,
     DatasetError,
     PartialDatasetWarning,
-    default_root,
     load_cifar10,
 )
 
@@ -27,8 +26,8 @@ FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_b
 @pytest.fixture(autouse=True)
 def _no_partial_env(monkeypatch):
     """No test here inherits an opt-in (or a data root) from the caller's environment."""
-    monkeypatch.delenv("VAE_TUTORIAL_ALLOW_PARTIAL", raising=False)
-    monkeypatch.delenv("VAE_TUTORIAL_DATA", raising=False)
+    monkeypatch.delenv(runtime.ALLOW_PARTIAL_ENV, raising=False)
+    monkeypatch.delenv(runtime.DATA_ENV, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -190,13 +189,13 @@ def test_inconsistent_batch_raises_dataset_error(subset_root, tmp_path):
         load_cifar10(root, "test", allow_partial=True)
 
 
-def test_default_root_honours_env(monkeypatch, tmp_path, subset_root):
-    """default_root() is $VAE_TUTORIAL_DATA when set (and load_cifar10(None) reads it)."""
-    checkout = Path(vae_tutorial.__file__).resolve().parent.parent
-    assert default_root() == checkout / "data"  # unset: the checkout's data/
-    monkeypatch.setenv("VAE_TUTORIAL_DATA", str(tmp_path))
-    assert default_root() == tmp_path
-    monkeypatch.setenv("VAE_TUTORIAL_DATA", str(subset_root))
+def test_data_root_honours_env(monkeypatch, tmp_path, subset_root):
+    """data_root() is the data env var's folder when set (and load_cifar10(None) reads it)."""
+    checkout = Path(runtime.__file__).resolve().parent.parent
+    assert runtime.data_root() == checkout / "data"  # unset: the checkout's data/
+    monkeypatch.setenv(runtime.DATA_ENV, str(tmp_path))
+    assert runtime.data_root() == tmp_path
+    monkeypatch.setenv(runtime.DATA_ENV, str(subset_root))
     with pytest.warns(PartialDatasetWarning):
         images, _ = load_cifar10(None, "test", allow_partial=True)
     assert len(images) == N_TEST
@@ -303,6 +302,22 @@ def test_set_epoch_reproduces_order(synthetic):
     fresh = CifarLoader(images, labels, batch_size=10, seed=7)
     fresh.set_epoch(1)
     assert torch.equal(fresh.order(), epochs[1])
+
+
+def test_set_epoch_skip_resumes_in_the_middle_of_an_epoch(synthetic):
+    """set_epoch(e, skip=k) yields exactly the batches after the first k of epoch e, and the
+    next epoch starts from its first batch again."""
+    images, labels = synthetic
+    straight = CifarLoader(images, labels, batch_size=16, seed=3)
+    straight.set_epoch(2)
+    batches = _indices(straight)
+    after = _indices(straight)  # epoch 3
+    resumed = CifarLoader(images, labels, batch_size=16, seed=3)
+    resumed.set_epoch(2, skip=5)
+    rest = _indices(resumed)
+    assert len(rest) == len(batches) - 5
+    assert all(torch.equal(a, b) for a, b in zip(rest, batches[5:]))
+    assert all(torch.equal(a, b) for a, b in zip(_indices(resumed), after))
 
 
 def test_no_shuffle_is_arange(synthetic):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from vae_tutorial import demos
 from vae_tutorial.linear_gaussian import LinearGaussianVAE
-from vae_tutorial.model import ConvVAE, SeedVAE, count_parameters
+from vae_tutorial.model import build_model, count_parameters
 
 
 def _hermite(n: int = 120):
@@ -70,9 +70,9 @@ def test_mc_elbo_is_unbiased(linear):
 
 # --- 02 -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("model", [ConvVAE(width=8, latent_dim=4, res_blocks=1,
-                                           likelihood="logistic", mixtures=1),
-                                   SeedVAE(latent_dim=4, likelihood="bernoulli")])
+@pytest.mark.parametrize("model", [build_model(kind="conv", width=8, latent_dim=4, res_blocks=1,
+                                               likelihood="logistic", mixtures=1),
+                                   build_model(kind="seed", latent_dim=4, likelihood="bernoulli")])
 def test_layer_table_shapes_and_counts(model):
     rows = demos.layer_table(model, torch.rand(1, 3, 32, 32))
     assert sum(r["params"] for r in rows) == count_parameters(model)  # no likelihood params
@@ -86,7 +86,7 @@ def test_layer_table_shapes_and_counts(model):
 
 def test_layer_table_shared_activation_gets_each_call_shape():
     # SeedVAE reuses one LeakyReLU module at several positions
-    rows = demos.layer_table(SeedVAE(latent_dim=4, likelihood="bernoulli"),
+    rows = demos.layer_table(build_model(kind="seed", latent_dim=4, likelihood="bernoulli"),
                              torch.rand(2, 3, 32, 32))
     shapes = {(r["part"], r["index"]): r["shape"] for r in rows}
     assert shapes[("encoder", 1)] == (2, 16, 32, 32)

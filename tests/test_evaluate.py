@@ -10,7 +10,7 @@ from vae_tutorial import losses
 from vae_tutorial.data import CifarLoader
 from vae_tutorial.evaluate import evaluate, iwae_log_likelihood, latent_statistics
 from vae_tutorial.linear_gaussian import LinearGaussianVAE
-from vae_tutorial.model import ConvVAE
+from vae_tutorial.model import ConvVAE, build_model
 
 D64 = torch.float64
 
@@ -31,7 +31,8 @@ def lg_exact():
 
 
 def tiny_conv(likelihood: str = "logistic_mixture") -> ConvVAE:
-    return ConvVAE(width=8, res_blocks=1, latent_dim=8, likelihood=likelihood, mixtures=2)
+    return build_model(kind="conv", width=8, res_blocks=1, latent_dim=8, likelihood=likelihood,
+                       mixtures=2)
 
 
 def mean_and_se(t: torch.Tensor, dim: int = 0):

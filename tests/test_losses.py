@@ -20,6 +20,7 @@ from vae_tutorial.losses import (
     LogLikelihoodError,
     bernoulli_log_likelihood,
     bits_per_dim,
+    check_pixels,
     discretized_logistic_log_likelihood,
     discretized_mix_logistic_log_likelihood,
     gaussian_kl,
@@ -362,19 +363,30 @@ def test_bernoulli_binary_targets_match_distribution():
     torch.testing.assert_close(bernoulli_log_likelihood(x, logits), ref)
 
 
-def test_bernoulli_accepts_closed_unit_interval():
-    """Targets exactly 0 and 1 are accepted (the range check is inclusive)."""
+def test_pixels_check_accepts_closed_unit_interval():
+    """Images exactly 0 and 1 pass the data-boundary check (it is inclusive)."""
     x = torch.tensor([[0.0, 1.0, 0.5]])
+    check_pixels(x)
     assert torch.isfinite(bernoulli_log_likelihood(x, torch.zeros(1, 3))).all()
 
 
+def test_bernoulli_log_likelihood_never_syncs_with_the_host(monkeypatch):
+    """The loss itself has no range check: no host sync per call (the check is check_pixels,
+    at the data boundary)."""
+    def no_sync(*args, **kwargs):
+        raise AssertionError("a host sync in the loss")
+
+    monkeypatch.setattr(torch, "aminmax", no_sync)
+    bernoulli_log_likelihood(torch.full((1, 3), 0.5), torch.zeros(1, 3))
+
+
 @pytest.mark.parametrize("low,high", [(-1.0, 1.0), (0.0, 1.5)])
-def test_bernoulli_refuses_targets_outside_unit_interval(low, high):
+def test_check_pixels_refuses_values_outside_unit_interval(low, high):
     """Seed-style [-1, 1] inputs raise LogLikelihoodError naming [0, 1] and the normalisation."""
     x = torch.empty(2, 3, 4, 4).uniform_(low, high)
     x[0, 0, 0, 0], x[0, 0, 0, 1] = low, high
     with pytest.raises(LogLikelihoodError) as info:
-        bernoulli_log_likelihood(x, torch.zeros_like(x))
+        check_pixels(x)
     assert isinstance(info.value, ValueError)
     msg = str(info.value)
     assert "[0, 1]" in msg and "x / 255" in msg
@@ -444,3 +456,40 @@ def test_bits_per_dim():
     # a uniform distribution over 256 values per dimension is exactly 8 bits/dim
     uniform = 3072 * math.log(1 / 256)
     assert math.isclose(bits_per_dim(uniform), 8.0, rel_tol=1e-12)
+
+
+# --- two Gaussians, the standard normal, 8-bit rounding, the training objective ------------------
+
+def test_normal_kl_and_log_prob_match_torch_distributions():
+    """normal_kl and normal_log_prob equal torch.distributions' Normal KL and log_prob."""
+    g = torch.Generator().manual_seed(0)
+    m1, m2, z = (torch.randn(50, generator=g, dtype=D64) for _ in range(3))
+    lv1, lv2 = (3 * torch.randn(50, generator=g, dtype=D64) for _ in range(2))
+    p, q = Normal(m1, (0.5 * lv1).exp()), Normal(m2, (0.5 * lv2).exp())
+    torch.testing.assert_close(losses.normal_kl(m1, lv1, m2, lv2), kl_divergence(p, q))
+    torch.testing.assert_close(losses.normal_log_prob(z, m1, lv1), p.log_prob(z))
+    torch.testing.assert_close(losses.standard_normal_log_prob(z),
+                               Normal(0.0, 1.0).log_prob(z).to(D64))
+    zeros = torch.zeros_like(m1)  # against the prior it is gaussian_kl, per dimension
+    torch.testing.assert_close(losses.normal_kl(m1, lv1, zeros, zeros),
+                               gaussian_kl(m1[None], lv1[None], per_dim=True)[0])
+    assert losses.normal_kl(m1, lv1, m1, lv1).abs().max() < 1e-12
+
+
+def test_to_8bit_rounds_to_the_pixel_grid_and_clamps():
+    x = torch.tensor([-0.3, 0.0, 0.4 / 255, 0.6 / 255, 0.5, 254.6 / 255, 1.0, 7.0])
+    expected = torch.tensor([0, 0, 0, 1, 128, 255, 255, 255]) / 255  # 0.5 * 255 = 127.5 -> 128
+    torch.testing.assert_close(losses.to_8bit(x), expected)
+
+
+def test_training_loss_kl_weight_and_free_bits():
+    """training_loss is -(rec - w KL) averaged over the batch; with free bits each unit's
+    batch-mean KL below the threshold costs the threshold instead."""
+    rec = torch.tensor([-10.0, -20.0])
+    kl_per_dim = torch.tensor([[0.1, 3.0], [0.3, 1.0]])  # unit means: 0.2 and 2.0
+    out = losses.ELBO(elbo=rec - kl_per_dim.sum(1), reconstruction=rec,
+                      kl=kl_per_dim.sum(1), kl_per_dim=kl_per_dim)
+    assert float(losses.training_loss(out)) == pytest.approx(15.0 + 2.2)
+    assert float(losses.training_loss(out, kl_weight=0.5)) == pytest.approx(15.0 + 1.1)
+    assert float(losses.training_loss(out, free_bits=0.5)) == pytest.approx(15.0 + 0.5 + 2.0)
+    assert float(losses.training_loss(out, free_bits=3.0)) == pytest.approx(15.0 + 6.0)

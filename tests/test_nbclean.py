@@ -19,8 +19,8 @@ def test_clean_strips_volatile_parts_and_keeps_outputs(tmp_path):
     nbformat.write(nb, path)
     clean(str(path))
     out = nbformat.read(path, as_version=4)
-    assert out.metadata == {"kernelspec": {"name": "python3", "display_name": "Python 3",
-                                           "language": "python"},
+    assert out.metadata == {"kernelspec": {"name": "python3", "language": "python",
+                                           "display_name": "Python 3 (ipykernel)"},
                             "language_info": {"name": "python"}}
     assert "execution" not in out.cells[0].metadata
     assert [o.output_type for o in out.cells[0].outputs] == ["stream"]

@@ -1,47 +1,67 @@
-"""What notebooks 5 and 6 rely on: load the full run, finish an interrupted one, or train."""
+"""What the notebooks rely on: load the full run (never train it in a cell), committed weights
+without a run, a clear error naming the command, and training in seconds in fast mode."""
 
 import pytest
 
-from vae_tutorial import notebook
+from vae_tutorial import notebook, runtime
 from vae_tutorial.checkpoint import export_half, load_checkpoint
 from vae_tutorial.config import preset
 from vae_tutorial.train import StopTraining, train
 
 
 @pytest.fixture
-def tiny(subset_root, tmp_path):
-    return preset("fast", data=str(subset_root), allow_partial=True, train_limit=128,
+def tiny(subset_root, tmp_path, monkeypatch):
+    monkeypatch.setenv(runtime.FAST_ENV, "0")
+    return preset("cpu", data=str(subset_root), allow_partial=True, train_limit=128,
                   test_limit=32, batch_size=32, epochs=2, progress=False, width=8,
                   latent_dim=8, out_dir=str(tmp_path / "run"))
 
 
-def test_full_mode_finishes_an_interrupted_run(tiny, monkeypatch):
-    monkeypatch.setattr(notebook, "FAST", False)
-
+def test_full_mode_loads_an_interrupted_run_and_says_how_to_finish_it(tiny, monkeypatch):
     def stop(record, model):
         raise StopTraining
 
     train(tiny, callback=stop)
-    assert load_checkpoint(f"{tiny.out_dir}/checkpoint.pt")["epoch"] == 1
-    model, history, ckpt = notebook.train_or_load(tiny.replace(epochs=99), tiny.out_dir)
-    assert [h["epoch"] for h in history] == [1, 2]  # the stored config's 2 epochs, not 99
-    assert ckpt["epoch"] == 2 and not model.training
+    ran = []
+    monkeypatch.setattr("vae_tutorial.train.train", lambda *a, **k: ran.append(1))
+    model, history, ckpt, source = notebook.load_run(tiny)
+    assert [h["epoch"] for h in history] == [1] and ckpt["epoch"] == 1 and not model.training
+    assert not ran  # nothing was trained in the notebook
+    assert "interrupted after epoch 1" in source
+    assert "python -m vae_tutorial train --preset cpu --resume" in source
 
 
 def test_full_mode_uses_committed_weights_without_a_run(tiny, monkeypatch, tmp_path):
     train(tiny)
-    committed = tmp_path / "model-fp16.pt"
-    digest = export_half(f"{tiny.out_dir}/checkpoint.pt", committed)
+    results = tmp_path / "results"
+    (results / "conv-cpu").mkdir(parents=True)
+    digest = export_half(f"{tiny.out_dir}/checkpoint.pt", results / "conv-cpu" / "model-fp16.pt")
     assert len(digest) == 64
-    monkeypatch.setattr(notebook, "FAST", False)
-    monkeypatch.setattr(notebook, "committed_weights", lambda: committed)
-    model, history, ckpt = notebook.train_or_load(tiny, tmp_path / "no-run-here")
+    monkeypatch.setattr(runtime, "results_dir", lambda: results)
+    monkeypatch.setattr(runtime, "checkout_dir", lambda: tmp_path)
+    model, history, ckpt, source = notebook.load_run(tiny.replace(out_dir=str(tmp_path / "no")))
     assert "optimizer" not in ckpt and len(history) == 2
-    assert next(model.parameters()).dtype.is_floating_point
-    assert not (tmp_path / "no-run-here").exists()  # nothing was trained
+    assert source == "committed weights results/conv-cpu/model-fp16.pt"
+    assert not (tmp_path / "no").exists()  # nothing was trained
+    gpu = tiny.replace(preset="gpu", out_dir=str(tmp_path / "no"))  # no gpu run: the cpu one
+    assert notebook.load_run(gpu)[3] == source
 
 
-def test_fast_mode_always_trains(tiny, monkeypatch, tmp_path):
-    monkeypatch.setattr(notebook, "FAST", True)
-    model, history, _ = notebook.train_or_load(tiny, tmp_path / "fresh")
-    assert len(history) == 2 and (tmp_path / "fresh" / "checkpoint.pt").exists()
+def test_full_mode_without_anything_names_the_command(tiny, monkeypatch, tmp_path):
+    monkeypatch.setattr(runtime, "results_dir", lambda: tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="train --preset cpu --model seed --resume"):
+        notebook.load_run(tiny.replace(kind="seed"))
+
+
+def test_fast_mode_trains_in_seconds(tiny, monkeypatch):
+    monkeypatch.setenv(runtime.FAST_ENV, "1")
+    model, history, ckpt, source = notebook.load_run(tiny)
+    assert len(history) == 2 and "fast mode" in source
+    assert load_checkpoint(f"{tiny.out_dir}/checkpoint.pt")["epoch"] == 2
+
+
+def test_provenance_names_the_data_copies_and_the_mode(tiny, monkeypatch):
+    info = notebook.provenance(tiny.replace(test_data="/x/cifar10-subset"))
+    assert info["train data"] == "cifar10-subset" and info["test data"] == "cifar10-subset"
+    assert info["mode"] == "full" and info["preset"] == "cpu"
+    assert info["hardware"] == runtime.hardware()

@@ -1,10 +1,9 @@
 """The trainer: presets, resume equivalence, NaN stopping, atomic and safe checkpoints."""
 
+import hashlib
 import json
 import os
 import pickle
-import platform
-import re
 import shutil
 from pathlib import Path
 
@@ -12,9 +11,13 @@ import pytest
 import torch
 
 from vae_tutorial import checkpoint as ckpt_mod
+from vae_tutorial import runtime
+from vae_tutorial import train as train_module
 from vae_tutorial.checkpoint import CheckpointError, load_checkpoint, load_model, save_atomic
-from vae_tutorial.config import PRESETS, TrainConfig, fast_mode, preset
+from vae_tutorial.config import PRESETS, ConfigError, TrainConfig, preset
 from vae_tutorial.train import StopTraining, TrainingDiverged, kl_weight_at, lr_at, train
+
+REFERENCE = Path(__file__).parent / "data" / "fast_reference.json"
 
 
 @pytest.fixture
@@ -27,26 +30,80 @@ def cfg(subset_root, tmp_path):
 
 def test_presets_exist_and_fast_is_small():
     assert set(PRESETS) == {"fast", "cpu", "gpu"}
-    fast, cpu, gpu = PRESETS["fast"], PRESETS["cpu"], PRESETS["gpu"]
+    fast, cpu, gpu = preset("fast"), preset("cpu"), preset("gpu")
     assert fast.train_limit is not None and fast.train_limit <= 1000
     assert cpu.train_limit is None and gpu.train_limit is None
     assert gpu.epochs > cpu.epochs > fast.epochs
+    assert gpu.model.width > cpu.model.width > fast.model.width
 
 
 def test_fast_mode_switch_selects_the_preset(monkeypatch):
-    monkeypatch.setenv("VAE_TUTORIAL_FAST", "1")
-    assert fast_mode() and preset() == PRESETS["fast"]
-    monkeypatch.setenv("VAE_TUTORIAL_FAST", "0")
-    assert not fast_mode() and preset() == PRESETS["cpu"]
+    monkeypatch.setenv(runtime.FAST_ENV, "1")
+    assert runtime.fast_mode() and preset().preset == "fast"
+    monkeypatch.setenv(runtime.FAST_ENV, "0")
+    monkeypatch.delenv(runtime.PRESET_ENV, raising=False)
+    expected = "gpu" if torch.cuda.is_available() else "cpu"
+    assert not runtime.fast_mode() and preset().preset == expected
+    monkeypatch.setenv(runtime.PRESET_ENV, "gpu")
+    assert preset().preset == "gpu"
 
 
 def test_config_rejects_unknown_fields_and_round_trips():
-    with pytest.raises(ValueError, match="unknown config field"):
+    with pytest.raises(ConfigError, match="unknown config field"):
         preset("cpu", widht=3)
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(ConfigError, match="unknown preset"):
         preset("tpu")
     c = preset("cpu", width=7)
-    assert TrainConfig.from_dict(c.to_dict()) == c
+    assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+
+
+def test_folders_are_resolved_once_into_the_config(monkeypatch, tmp_path):
+    """data, test_data and out_dir are absolute paths chosen when the config is built: the
+    data env var for both roots, --data alone for both, the test root kept when set."""
+    monkeypatch.delenv(runtime.DATA_ENV, raising=False)
+    c = preset("cpu")
+    assert c.data == c.test_data == str(runtime.checkout_dir() / "data")
+    assert c.out_dir == str(runtime.runs_dir() / "conv-cpu")
+    assert preset("gpu", kind="seed").out_dir == str(runtime.runs_dir() / "seed-gpu")
+    assert preset("cpu", data=str(tmp_path)).test_data == str(tmp_path.resolve())
+    monkeypatch.setenv(runtime.DATA_ENV, str(tmp_path / "exact"))
+    c = preset("cpu", data=str(tmp_path / "jpeg"))
+    assert c.data == str(tmp_path / "jpeg") and c.test_data == str(tmp_path / "exact")
+    monkeypatch.chdir(tmp_path)
+    assert preset("cpu", out_dir="run").out_dir == str(tmp_path / "run")
+    assert c.replace(lr=1.0).test_data == c.test_data  # kept, not re-resolved
+
+
+def _weights_digest(path) -> tuple[str, dict]:
+    sd = load_checkpoint(path)["model"]
+    digest = hashlib.sha256()
+    for k in sorted(sd):
+        digest.update(k.encode())
+        digest.update(sd[k].cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest(), {k: float(sd[k].double().abs().sum()) for k in sorted(sd)}
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_two_fast_epochs_reproduce_the_reference_weights(subset_root, tmp_path, precision):
+    """Behaviour unchanged by refactoring: seed 0, two epochs of the fast preset give the
+    weights recorded before it, bit for bit on the same torch and CPU (elsewhere, where
+    kernels round differently, to 1e-3)."""
+    ref = json.loads(REFERENCE.read_text())
+    cfg = preset("fast", data=str(subset_root), allow_partial=True, out_dir=str(tmp_path),
+                 progress=False, device="cpu", amp=precision == "bf16")
+    history = train(cfg)
+    digest, sums = _weights_digest(tmp_path / "checkpoint.pt")
+    same_machine = (torch.__version__ == ref["torch"]
+                    and torch.backends.cpu.get_cpu_capability() == ref["cpu_capability"]
+                    and runtime.cpu_bf16_native() == ref["cpu_bf16_native"])
+    if precision == "bf16" and not runtime.cpu_bf16_native():
+        assert history[-1]["precision"] == "fp32"  # amp falls back: compare with fp32's
+        ref[precision] = ref["fp32"] if not ref["cpu_bf16_native"] else ref[precision]
+    if same_machine:
+        assert digest == ref[precision]["sha256"]
+    else:
+        for k, v in ref[precision]["abs_sum"].items():
+            assert sums[k] == pytest.approx(v, rel=1e-3, abs=1e-3), k
 
 
 def test_schedules():
@@ -152,15 +209,22 @@ def test_missing_truncated_corrupt_and_mismatched_checkpoints(cfg, tmp_path):
     good = open(os.path.join(cfg.out_dir, "checkpoint.pt"), "rb").read()
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good[: len(good) // 2])
-    with pytest.raises(CheckpointError, match="truncated.pt: truncated or corrupt"):
+    with pytest.raises(CheckpointError, match="truncated.pt: truncated"):
         load_checkpoint(truncated)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="empty.pt: empty file"):
+        load_checkpoint(empty)
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(tmp_path)
     garbage = tmp_path / "garbage.pt"
     for seed in range(20):  # random bytes break the unpickler in many different ways
         garbage.write_bytes(torch.randint(0, 256, (1000,), dtype=torch.uint8,
                                           generator=torch.Generator().manual_seed(seed)).numpy()
                             .tobytes())
-        with pytest.raises(CheckpointError, match="garbage.pt"):
+        with pytest.raises(CheckpointError, match="garbage.pt: truncated or not a PyTorch") as e:
             load_checkpoint(garbage)
+        assert "run code" not in str(e.value)  # garbage is not mistaken for a malicious file
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.ones(2)}, other)
     with pytest.raises(CheckpointError, match="not a vae_tutorial checkpoint"):
@@ -193,7 +257,7 @@ def test_half_precision_weights_load(cfg, tmp_path):
 def test_cuda_request_without_cuda_is_a_clear_error(cfg):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    with pytest.raises(RuntimeError, match="CUDA is not available.*--device cpu"):
+    with pytest.raises(ValueError, match="CUDA is not available.*--device cpu"):
         train(cfg.replace(device="cuda"))
 
 
@@ -218,36 +282,102 @@ def test_torch_compile_trains(cfg):
 def test_amp_is_bf16_where_native_and_close_to_fp32(cfg):
     """amp (the default) trains in bf16 on CPUs that compute it natively, else in fp32; a bf16
     run lands near the fp32 one."""
-    from vae_tutorial.train import autocast_enabled, cpu_bf16_supported
-
     cpu = torch.device("cpu")
-    assert cfg.amp and autocast_enabled(cfg, cpu) == cpu_bf16_supported()
-    assert not autocast_enabled(cfg.replace(amp=False), cpu)
+    native = runtime.cpu_bf16_native()
+    assert cfg.amp and (runtime.autocast_dtype(cpu, cfg.amp) == torch.bfloat16) == native
+    assert runtime.autocast_dtype(cpu, amp=False) is None
     fp32 = train(cfg.replace(epochs=1, amp=False))
     bf16 = train(cfg.replace(epochs=1, amp=True, out_dir=cfg.out_dir + "-bf16"))
     assert bf16[-1]["train_elbo"] == pytest.approx(fp32[-1]["train_elbo"], rel=2e-2)
-    if cpu_bf16_supported():  # the two runs differ: bf16 really was used
+    if native:  # the two runs differ: bf16 really was used
         assert bf16[-1]["train_elbo"] != fp32[-1]["train_elbo"]
 
 
 def test_amp_stays_fp32_where_bf16_is_not_native(cfg, monkeypatch):
     """On a CPU without native bf16 (emulated there, and slower) amp=True trains exactly as fp32."""
-    import vae_tutorial.train as train_module
-
-    monkeypatch.setattr(train_module, "cpu_bf16_supported", lambda: False)
-    assert not train_module.autocast_enabled(cfg.replace(amp=True), torch.device("cpu"))
+    monkeypatch.setattr(runtime, "cpu_bf16_native", lambda: False)
+    assert runtime.autocast_dtype(torch.device("cpu"), amp=True) is None
     amp = train(cfg.replace(epochs=1, amp=True))
     fp32 = train(cfg.replace(epochs=1, amp=False, out_dir=cfg.out_dir + "-fp32"))
     assert amp[-1]["precision"] == fp32[-1]["precision"] == "fp32"
     assert amp[-1]["train_elbo"] == fp32[-1]["train_elbo"]
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64" or not Path("/proc/cpuinfo").exists(),
-                    reason="reads the x86 CPU flags of Linux")
-def test_cpu_bf16_check_matches_the_cpu_flags():
-    """bf16 counts as native only with AMX or AVX512-BF16, as the kernel reports the CPU."""
-    from vae_tutorial.train import cpu_bf16_supported
+@pytest.mark.parametrize("flags,native", [
+    ({"avx512f", "avx512bw"}, False),  # plain AVX512: oneDNN would emulate bf16, slower
+    ({"avx512f", "avx512_bf16"}, True), ({"amx_tile", "amx_bf16"}, True),
+    ({"fp", "asimd", "bf16"}, True), (set(), False)])
+def test_bf16_counts_as_native_only_with_the_cpu_flags_for_it(monkeypatch, flags, native):
+    """The precision policy reads the CPU flags Linux reports (not a private torch check)."""
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
+    assert runtime.cpu_bf16_native() == native
+    expected = torch.bfloat16 if native else None
+    assert runtime.autocast_dtype(torch.device("cpu")) == expected
 
-    flags = set(re.search(r"^flags\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M)
-                .group(1).split())
-    assert cpu_bf16_supported() == bool({"amx_bf16", "avx512_bf16"} & flags)
+
+def test_cpu_flags_are_read_from_proc_cpuinfo():
+    """On Linux the flags line of /proc/cpuinfo is parsed into a set of names."""
+    if not Path("/proc/cpuinfo").exists():
+        pytest.skip("no /proc/cpuinfo")
+    flags = runtime.cpu_flags()
+    text = Path("/proc/cpuinfo").read_text()
+    assert flags and all(f in text for f in flags)
+    assert ("sse2" in flags or "asimd" in flags or "fp" in flags)  # x86 or Arm basics
+
+
+def test_resume_mid_epoch_after_a_kill_equals_a_straight_run(cfg, tmp_path, monkeypatch):
+    """Checkpoints by the clock (here at every host sync) hold the loader's position: a run
+    killed in the middle of epoch 2 and resumed ends with the weights and history of an
+    uninterrupted run, bit for bit on the CPU."""
+    cfg = cfg.replace(checkpoint_minutes=0.0, log_every=2)
+    straight = train(cfg.replace(out_dir=str(tmp_path / "a")))
+    real_step, calls = train_module.train_step, []
+
+    def killed_at_step_9(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 9:  # epoch 2 (6 steps per epoch), after the checkpoint at step 8
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", killed_at_step_9)
+    half = cfg.replace(out_dir=str(tmp_path / "b"))
+    with pytest.raises(KeyboardInterrupt):
+        train(half)
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    ckpt = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert (ckpt["epoch"], ckpt["position"]["batch"], ckpt["step"]) == (1, 2, 8)
+    resumed = train(half, resume=True)
+    assert [h["epoch"] for h in resumed] == [1, 2, 3, 4]
+    for a, b in zip(straight, resumed):
+        for key in ("train_elbo", "test_elbo", "train_kl", "step"):
+            assert a[key] == b[key], key
+    wa = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["model"]
+    wb = load_checkpoint(tmp_path / "b" / "checkpoint.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_checkpoints_by_the_clock_only_when_due(cfg, monkeypatch):
+    """With checkpoint_minutes far away, a run writes one checkpoint per epoch and no more."""
+    saves = []
+    real = ckpt_mod.save_training
+    monkeypatch.setattr(ckpt_mod, "save_training", lambda *a, **k: saves.append(1) or real(*a, **k))
+    train(cfg.replace(epochs=2, checkpoint_minutes=60.0, log_every=1))
+    assert len(saves) == 2
+    saves.clear()
+    train(cfg.replace(epochs=1, checkpoint_minutes=0.0, log_every=2, out_dir=cfg.out_dir + "2"))
+    assert len(saves) == 3  # 6 steps: syncs after 2 and 4 mid-epoch, then the epoch's end
+
+
+def test_grad_skip_skips_huge_updates_and_counts_them(cfg):
+    """grad_skip below every gradient norm skips every step: the weights never move, and the
+    history counts the skipped steps."""
+    torch.manual_seed(cfg.seed)
+    from vae_tutorial.model import build_model
+
+    initial = build_model(cfg.model).state_dict()
+    history = train(cfg.replace(epochs=1, grad_skip=1e-6))
+    assert history[-1]["skipped"] == 6
+    final = load_checkpoint(Path(cfg.out_dir) / "checkpoint.pt")["model"]
+    assert all(torch.equal(initial[k], final[k]) for k in initial if "running" not in k
+               and "num_batches" not in k)
+    assert train(cfg.replace(epochs=1, out_dir=cfg.out_dir + "-b"))[-1]["skipped"] == 0

@@ -8,6 +8,7 @@ batches), after warm-up. Rows:
                    default precision (bf16 autocast where bf16 is native: Ampere+ GPUs,
                    CPUs with AMX/AVX512-BF16) and, where that is bf16, in fp32 too
   project, conv    CifarLoader + ConvVAE as in the cpu (or, on CUDA, gpu) preset, likewise
+  project, hvae    CifarLoader + the hierarchical VAE of that preset, likewise
   iwae k=...       evaluation images/s of iwae_log_likelihood on ConvVAE (fp32)
 """
 
@@ -25,12 +26,11 @@ from typing import Iterator
 
 import torch
 
-from .config import preset
-from .data import CifarLoader, PartialDatasetWarning, default_root, load_cifar10
+from . import runtime
+from .config import TrainConfig, preset
+from .data import CifarLoader, PartialDatasetWarning, load_cifar10
 from .evaluate import iwae_log_likelihood
-from .model import ConvVAE, SeedVAE
-from .notebook import hardware
-from .train import autocast_enabled, model_kwargs, pick_device
+from .model import build_model
 
 TRAIN_IMAGES = 50_000  # one epoch of the full training set
 
@@ -103,16 +103,30 @@ def time_loading(batches, batches_per_repeat: int, repeats: int, device) -> list
     return rates
 
 
-def seed_pipeline(root, batch_size: int, device) -> Iterator:
-    """The seed notebook's input pipeline, with [0, 1] inputs instead of [-1, 1]."""
+class SeedDataset(torch.utils.data.Dataset):
+    """What torchvision's CIFAR10 does per image: a PIL image from the HWC array, transformed."""
+
+    def __init__(self, images: torch.Tensor, transform):
+        self.images = images.permute(0, 2, 3, 1).numpy()  # (N, 32, 32, 3) uint8, as CIFAR10
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        from PIL import Image
+
+        return self.transform(Image.fromarray(self.images[i])), 0
+
+
+def seed_pipeline(images: torch.Tensor, batch_size: int, device) -> Iterator:
+    """The seed notebook's input pipeline (PIL, ToTensor, DataLoader), with [0, 1] inputs
+    instead of [-1, 1]."""
     from torch.utils.data import DataLoader
     from torchvision import transforms
 
-    from .data import _CIFAR10
-
-    ds = _CIFAR10(root, train=True, download=False, verify=False)
-    ds.transform = transforms.ToTensor()
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, drop_last=True,
+    loader = DataLoader(SeedDataset(images, transforms.ToTensor()), batch_size=batch_size,
+                        shuffle=True, drop_last=True,
                         num_workers=max(1, (os.cpu_count() or 2) // 2),
                         pin_memory=device.type == "cuda", persistent_workers=True)
     return _forever(loader)
@@ -123,18 +137,16 @@ def _forever(loader):
         yield from loader
 
 
-def run_bench(args) -> int:
-    """The `bench` command: print a table and write it as JSON."""
-    device = pick_device(args.device)
+def run_bench(args, cfg: TrainConfig) -> int:
+    """The `bench` command: print a table and write it as JSON. cfg gives the data roots."""
+    device = runtime.pick_device(args.device)
     cuda = device.type == "cuda"
-    root = Path(args.data) if args.data else default_root()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PartialDatasetWarning)
-        x, y = load_cifar10(root, "train", allow_partial=args.allow_partial)
-        test_root = Path(args.test_data) if args.test_data else root
-        tx, _ = load_cifar10(test_root, "test", allow_partial=args.allow_partial)
-    cfg = preset("gpu" if cuda else "cpu")
-    b, steps, repeats = args.batch_size, args.steps, args.repeats
+        x, y = load_cifar10(cfg.data, "train", allow_partial=cfg.allow_partial)
+        tx, _ = load_cifar10(cfg.test_data, "test", allow_partial=cfg.allow_partial)
+    size = "gpu" if cuda else "cpu"  # the preset whose architectures are timed
+    b, steps, repeats = args.batch_size or cfg.batch_size, args.steps, args.repeats
     rows = []
 
     def add(name, rates, unit="train img/s", **extra):
@@ -143,26 +155,27 @@ def run_bench(args) -> int:
                      "repeats": [round(r, 1) for r in rates], **extra})
         print(f"  {name:<66} {med:>9.0f} {unit}", flush=True)
 
-    print(f"bench on {hardware()} ({device}), torch {torch.__version__}, data {root.resolve()}")
+    print(f"bench on {runtime.hardware(device)} ({device}), torch {torch.__version__}, "
+          f"data {cfg.data}")
     if args.loading_only:  # the input pipelines alone, one epoch's worth of batches each
         n = len(x) // b
         add("seed pipeline: DataLoader + ToTensor, batches only", time_loading(
-            seed_pipeline(root, b, device), n, repeats, device), unit="img/s")
+            seed_pipeline(x, b, device), n, repeats, device), unit="img/s")
         add("project: CifarLoader, batches only", time_loading(_forever(CifarLoader(
             x, y, batch_size=b, device=device, drop_last=True)), n, repeats, device),
             unit="img/s")
         rows[1]["speedup_vs_seed"] = rows[1]["median"] / rows[0]["median"]
         print(f"  CifarLoader: {rows[1]['speedup_vs_seed']:.0f}x the seed's input pipeline")
-        return _write(args, device, root, b, n, repeats, rows)
-    amp = autocast_enabled(cfg, device)  # the project's default: bf16 where it is native
+        return _write(args, device, cfg, b, n, repeats, rows)
+    amp = runtime.autocast_dtype(device) is not None  # the project's default where native
     precisions = [amp, False] if amp else [False]  # fp32 too where the default is bf16
     prec = "bf16" if amp else "fp32"
     layout = torch.channels_last if cuda else torch.contiguous_format  # the trainer's choice
     torch.manual_seed(0)
-    seed_model = SeedVAE(likelihood="bernoulli")
+    seed_model = build_model(kind="seed", likelihood="bernoulli")
     state = {k: v.clone() for k, v in seed_model.state_dict().items()}
     add("seed pipeline: DataLoader + SeedVAE, fp32", time_training(
-        seed_model, seed_pipeline(root, b, device), device, steps, repeats, amp=False,
+        seed_model, seed_pipeline(x, b, device), device, steps, repeats, amp=False,
         fused=False))
     loader = CifarLoader(x, y, batch_size=b, device=device, drop_last=True,
                          channels_last=cuda)
@@ -170,56 +183,56 @@ def run_bench(args) -> int:
         seed_model.load_state_dict(state)
         add(f"project pipeline: CifarLoader + SeedVAE, {'bf16' if run_amp else 'fp32'}",
             time_training(seed_model, _forever(loader), device, steps, repeats, amp=run_amp))
-    conv = ConvVAE(**model_kwargs(cfg))
-    conv_state = {k: v.clone() for k, v in conv.state_dict().items()}
-    name = f"project pipeline: CifarLoader + ConvVAE ({'gpu' if cuda else 'cpu'} preset)"
-    for run_amp in precisions:
-        conv.load_state_dict(conv_state)
-        add(f"{name}, {'bf16' if run_amp else 'fp32'}", time_training(
-            conv.to(memory_format=layout), _forever(loader), device, steps, repeats,
-            amp=run_amp))
-    # channels_last is the default on CUDA only: the other layout, to check that choice
-    other = torch.contiguous_format if cuda else torch.channels_last
-    conv.load_state_dict(conv_state)
-    add(f"{name}, {prec}, {'contiguous' if cuda else 'channels_last'}", time_training(
-        conv.to(memory_format=other), _forever(CifarLoader(
-            x, y, batch_size=b, device=device, drop_last=True, channels_last=not cuda)),
-        device, steps, repeats, amp=amp))
-    conv = conv.to(memory_format=layout)
+    models = {}
+    for kind, label in (("conv", "ConvVAE"), ("hvae", "hierarchical VAE")):
+        model = build_model(preset(size, kind=kind).model)
+        models[kind] = model
+        init = {k: v.clone() for k, v in model.state_dict().items()}
+        name = f"project pipeline: CifarLoader + {label} ({size} preset)"
+        for run_amp in precisions:
+            model.load_state_dict(init)
+            add(f"{name}, {'bf16' if run_amp else 'fp32'}", time_training(
+                model.to(memory_format=layout), _forever(loader), device, steps, repeats,
+                amp=run_amp))
+        if kind == "conv":  # channels_last is the default on CUDA only: check that choice
+            other = torch.contiguous_format if cuda else torch.channels_last
+            model.load_state_dict(init)
+            add(f"{name}, {prec}, {'contiguous' if cuda else 'channels_last'}", time_training(
+                model.to(memory_format=other), _forever(CifarLoader(
+                    x, y, batch_size=b, device=device, drop_last=True, channels_last=not cuda)),
+                device, steps, repeats, amp=amp))
+            model.to(memory_format=layout)
+        if args.compile:
+            model.load_state_dict(init)
+            add(f"{name}, {prec}, torch.compile", time_training(
+                model, _forever(loader), device, steps, repeats, amp=amp, compile_model=True))
     if args.compile:
         seed_model.load_state_dict(state)
         add(f"project pipeline: CifarLoader + SeedVAE, {prec}, torch.compile", time_training(
             seed_model, _forever(loader), device, steps, repeats, amp=amp, compile_model=True))
-        conv.load_state_dict(conv_state)
-        add(f"{name}, {prec}, torch.compile", time_training(
-            conv, _forever(loader), device, steps, repeats, amp=amp, compile_model=True))
     seed_rate = rows[0]["median"]
     for row in rows[1:]:
         row["speedup_vs_seed"] = row["median"] / seed_rate
         row["seconds_per_epoch"] = TRAIN_IMAGES / row["median"]
     print("  vs the seed pipeline: " + ", ".join(
         f"{r['name'].split(': ')[-1]} {r['speedup_vs_seed']:.2f}x" for r in rows[1:]))
-    conv_row = next(r for r in rows if "ConvVAE" in r["name"])  # the default precision's
-    print(f"  ConvVAE: {conv_row['seconds_per_epoch']:.0f} s per 50,000-image epoch")
     test = tx[:args.iwae_images].to(device).float().div(255)
-    for k in [int(s) for s in str(args.ks).split(",") if s.strip()]:
-        rates = time_iwae(conv, test, k, max(1, repeats // 2), device, chunk=None)
+    for k in args.ks:
+        rates = time_iwae(models["conv"], test, k, max(1, repeats // 2), device, chunk=None)
         add(f"iwae_log_likelihood k={k} (ConvVAE)", rates, unit="eval img/s",
             images=len(test), seconds_for_1017_images=1017 / statistics.median(rates))
-    return _write(args, device, root, b, steps, repeats, rows, test_root)
+    return _write(args, device, cfg, b, steps, repeats, rows)
 
 
-def _write(args, device, root, batch_size, steps, repeats, rows, test_root=None) -> int:
+def _write(args, device, cfg, batch_size, steps, repeats, rows) -> int:
     # the command as typed from the working directory (make passes absolute paths)
     argv = [os.path.relpath(a) if os.path.isabs(a) and os.path.exists(a) else a
             for a in sys.argv[1:]]
     command = " ".join(["python -m vae_tutorial", *map(shlex.quote, argv)])
-    result = {"command": command, "hardware": hardware(), "device": str(device),
-              "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "data": root.resolve().name,
-              "test_data": (test_root or root).resolve().name,
+    result = {"command": command, "hardware": runtime.hardware(device), "device": str(device),
+              "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "data": Path(cfg.data).name, "test_data": Path(cfg.test_data).name,
               "batch_size": batch_size, "steps": steps, "repeats": repeats, "rows": rows}
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.json}")
     return 0

@@ -1,4 +1,14 @@
-"""Checkpoints that survive a kill at any moment and can never run code when loaded."""
+"""Checkpoints: written so that a kill at any moment loses nothing, read so that they never run
+code, resumed at the exact step, and exported as small half-precision copies.
+
+A checkpoint is a dict saved with torch.save:
+    format        FORMAT, bumped when this layout changes (older formats are upgraded on load)
+    config        TrainConfig.to_dict() of the run;  model_config: ModelConfig.to_dict()
+    model         the weights;  optimizer: its state (absent from exports)
+    epoch, step   finished epochs and optimizer steps
+    position      train.Position: the batch within the epoch, accumulators, seconds
+    history       one record per finished epoch;  rng_cpu, rng_cuda: the generators' states
+"""
 
 from __future__ import annotations
 
@@ -6,13 +16,14 @@ import hashlib
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
 
-from .model import VAE, build_model
+from .config import ModelConfig, TrainConfig
 
-FORMAT = 1  # bumped when the layout of the checkpoint dict changes
+FORMAT = 2  # bumped when the layout of the checkpoint dict changes
 
 
 class CheckpointError(RuntimeError):
@@ -40,18 +51,57 @@ def save_atomic(obj: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def save_training(path, *, config: TrainConfig, model, optimizer, position: dict,
+                  history: list[dict], device: torch.device) -> Path:
+    """Everything a run needs to continue bit for bit, atomically."""
+    return save_atomic({
+        "format": FORMAT, "config": config.to_dict(), "model_config": config.model.to_dict(),
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "epoch": position["epoch"], "step": position["step"], "position": dict(position),
+        "history": list(history), "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }, path)
+
+
+def _upgrade(ckpt: dict) -> dict:
+    """Format 1 (flat config, model_config with "name") read as format 2."""
+    if ckpt.get("format") == 1:
+        old = dict(ckpt["config"])
+        model = dict(ckpt["model_config"])
+        model["kind"] = model.pop("name")
+        for key in model:
+            old.pop(key, None)
+        old.pop("model", None)
+        ckpt = {**ckpt, "format": 2, "model_config": model, "config": {**old, "model": model},
+                "position": {"epoch": ckpt["epoch"], "step": ckpt["step"]}}
+    return ckpt
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Load a checkpoint dict with weights_only=True: tensors and plain data, never code."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file (a run's checkpoint "
+                              f"is {path / 'checkpoint.pt'}).")
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint there. Train first "
                               "(python -m vae_tutorial train) or check the path.")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint; an interrupted "
+                              "copy? Delete it and train again, or resume from another.")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: truncated or not a PyTorch checkpoint at all (torch.save "
+                              "writes a zip archive, and this file is not a complete one).")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: refused to load: it holds objects other than tensors "
-                              f"and plain data, which could run code ({first}).") from None
+        if "weights only" in str(err).lower() or "global" in str(err).lower():
+            raise CheckpointError(f"{path}: refused to load: it holds objects other than "
+                                  f"tensors and plain data, which could run code "
+                                  f"({first[:200]}).") from None
+        raise CheckpointError(f"{path}: truncated or corrupt checkpoint ({first[:200]}). "
+                              "Delete it and train again, or resume from another.") from None
     except Exception as err:  # noqa: BLE001 - any failure to parse means a damaged file
         raise CheckpointError(f"{path}: truncated or corrupt checkpoint "
                               f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). "
@@ -59,23 +109,14 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise CheckpointError(f"{path}: not a vae_tutorial checkpoint (no model weights or "
                               "model_config in it).")
+    ckpt = _upgrade(ckpt)
     if ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {ckpt.get('format')!r}, this version "
-                              f"reads format {FORMAT}.")
+                              f"reads formats 1 and {FORMAT}.")
     return ckpt
 
 
-def load_model(path: str | os.PathLike, map_location="cpu") -> tuple[VAE, dict]:
-    """Rebuild the model stored in a checkpoint, in eval mode; returns (model, checkpoint)."""
-    ckpt = load_checkpoint(path, map_location)
-    cfg = dict(ckpt["model_config"])
-    model = build_model(cfg.pop("name"), **cfg)
-    restore_weights(model, ckpt, path)
-    return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu"
-                    ).eval(), ckpt
-
-
-def restore_weights(model: VAE, ckpt: dict, path) -> None:
+def restore_weights(model, ckpt: dict, path) -> None:
     """load_state_dict (fp32 or half-precision weights) with a clear error on mismatch."""
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["model"].items()}
     try:
@@ -86,13 +127,55 @@ def restore_weights(model: VAE, ckpt: dict, path) -> None:
                               f"({type(model).__name__}): {' '.join(lines[1:3])[:300]}") from None
 
 
+def resume(path, model, optimizer, device: torch.device) -> dict:
+    """Restore a run's weights, optimizer and RNG states from `path`, in place; returns the
+    checkpoint's {"history", "position"}. The checkpoint must hold the same architecture."""
+    ckpt = load_checkpoint(path, map_location=device)
+    stored, wanted = ckpt["model_config"], model.config.to_dict()
+    if stored != wanted:
+        diff = ", ".join(f"{k}={stored.get(k)!r} (this run: {wanted.get(k)!r})"
+                         for k in sorted(set(stored) | set(wanted))
+                         if stored.get(k) != wanted.get(k))
+        raise CheckpointError(f"{path}: holds a different model, which differs from this run's "
+                              f"in {diff}; use another run folder, or --fresh to overwrite it")
+    if "optimizer" not in ckpt:
+        raise CheckpointError(f"{path}: an exported copy (weights only), which cannot be "
+                              "resumed; resume from the run's own checkpoint.pt.")
+    restore_weights(model, ckpt, path)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng_cpu"].cpu())
+    if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
+        torch.cuda.set_rng_state(ckpt["rng_cuda"].cpu(), device)
+    return {"history": list(ckpt["history"]), "position": ckpt["position"]}
+
+
+def load_model(path: str | os.PathLike, map_location="cpu"):
+    """Rebuild the model stored in a checkpoint, in eval mode; returns (model, checkpoint)."""
+    from .model import build_model
+
+    ckpt = load_checkpoint(path, map_location)
+    try:
+        model = build_model(ModelConfig.from_dict(ckpt["model_config"]))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: its model_config does not describe a model of this "
+                              f"version ({err})") from None
+    restore_weights(model, ckpt, path)
+    device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
+    return model.to(device).eval(), ckpt
+
+
 def export_half(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     """Write the weights of a checkpoint in half precision (no optimizer): a small file that
     load_model reads. Returns its sha256."""
     ckpt = load_checkpoint(src)
     small = {key: ckpt[key] for key in ("format", "config", "model_config", "epoch", "step",
-                                         "history")}
+                                         "position", "history")}
     small["model"] = {k: v.half() if v.is_floating_point() else v
                       for k, v in ckpt["model"].items()}
     save_atomic(small, dst)
-    return hashlib.sha256(Path(dst).read_bytes()).hexdigest()
+    return sha256(dst)
+
+
+def sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file, as hex."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

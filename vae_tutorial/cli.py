@@ -1,10 +1,15 @@
-"""Command line: python -m vae_tutorial {data,train,evaluate,sample,export,bench} --help."""
+"""Command line: python -m vae_tutorial {data,train,evaluate,sample,export,bench,report,results}.
+
+Every bad input is one line on stderr and exit status 2: argparse's own errors (each argument
+is typed with its range), config fields (config.validate), data and checkpoint errors.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 import warnings
@@ -12,113 +17,148 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CheckpointError, load_model
-from .config import PRESETS, TrainConfig, fast_mode, preset
-from .data import CifarLoader, DatasetError, PartialDatasetWarning, default_root, load_cifar10
+from . import runtime
+from .checkpoint import CheckpointError
+from .config import PRESETS, ConfigError, parse_overrides, preset
+from .data import DatasetError, PartialDatasetWarning
 from .losses import LogLikelihoodError
-from .train import TrainingDiverged, pick_device
+from .train import TrainingDiverged
 
-EXPECTED = (DatasetError, CheckpointError, TrainingDiverged, LogLikelihoodError, ValueError,
-            FileNotFoundError, PermissionError)
-
-
-def _common(debug_only: bool = False) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                   help="show full tracebacks on errors")
-    if not debug_only:
-        p.add_argument("--data", help="folder holding cifar-10-batches-py/ "
-                       f"(default: $VAE_TUTORIAL_DATA or {default_root()})")
-        p.add_argument("--allow-partial", action="store_true", default=None,
-                       help="accept a copy that fails the official checksums (a subset); "
-                       "also VAE_TUTORIAL_ALLOW_PARTIAL=1")
-        p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
-    return p
+EXPECTED = (DatasetError, CheckpointError, TrainingDiverged, LogLikelihoodError, ConfigError,
+            ValueError, OSError, RuntimeError)
 
 
-def _parse_value(field: dataclasses.Field, text: str):
-    kind = str(field.type)
-    if text.lower() in ("none", "null") and "None" in kind:
-        return None
-    if kind.startswith("bool"):
-        if text.lower() not in ("1", "0", "true", "false", "yes", "no"):
-            raise ValueError(f"--set {field.name}: expected true or false, got {text!r}")
-        return text.lower() in ("1", "true", "yes")
-    for cast in (int, float):
-        if kind.startswith(cast.__name__):
-            try:
-                return cast(text)
-            except ValueError:
-                raise ValueError(f"--set {field.name}: expected {cast.__name__}, "
-                                 f"got {text!r}") from None
-    return text
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _overrides(pairs: list[str]) -> dict:
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or key not in fields:
-            raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD one of "
-                             f"{', '.join(sorted(fields))}")
-        out[key] = _parse_value(fields[key], value)
-    return out
+def number(kind: type, lo: float, hi: float):
+    """An argparse type: a `kind` (int or float) between lo and hi, else a one-line error."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not lo <= value <= hi:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be between {lo:g} and {hi:g}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    parse.kind, parse.lo, parse.hi = kind, lo, hi  # tests build their bad values from these
+    return parse
+
+
+def number_list(kind: type, lo: float, hi: float):
+    """An argparse type: comma-separated `kind`s, each between lo and hi."""
+    one = number(kind, lo, hi)
+
+    def parse(text: str):
+        return [one(v) for v in text.split(",")]
+    parse.__name__ = f"list of {kind.__name__}"
+    parse.kind, parse.lo, parse.hi = kind, lo, hi
+    return parse
+
+
+def output_file(text: str) -> Path:
+    """An argparse type: a file path whose folder exists (nothing is created by surprise)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist; create it "
+                                         "first")
+    return path
+
+
+def existing_dir(text: str) -> Path:
+    """An argparse type: a folder that exists."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder")
+    return Path(text)
+
+
+def _config(args, **extra):
+    """The run's TrainConfig from --preset, --model, the data flags and --set."""
+    over = parse_overrides(getattr(args, "set", None) or [])
+    for name, flag in (("data", "data"), ("test_data", "test_data"),
+                       ("allow_partial", "allow_partial"), ("kind", "model")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            over[name] = str(value) if isinstance(value, Path) else value
+    if getattr(args, "device", "auto") != "auto":
+        over["device"] = args.device
+    return preset(args.preset, **over, **extra)
+
+
+def _checkpoint(args) -> Path:
+    """The CHECKPOINT argument, or the checkpoint of the --preset/--model run."""
+    return args.checkpoint or Path(_config(args).out_dir) / "checkpoint.pt"
 
 
 def cmd_train(args) -> int:
     from .train import train
 
-    over = _overrides(args.set or [])
-    for name in ("epochs", "batch_size", "lr", "model", "seed", "data", "test_data",
-                 "allow_partial", "device", "compile"):
-        value = getattr(args, name, None)
-        if value is not None and not (name == "device" and value == "auto"):
-            over[name] = value
+    extra = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                               ("lr", args.lr), ("seed", args.seed), ("compile", args.compile))
+             if v is not None}
     if args.out:
-        over["out_dir"] = args.out
-    cfg = preset(args.preset, **over)
-    if args.out is None and args.preset is None and "out_dir" not in over and cfg.model == "seed":
-        cfg = cfg.replace(out_dir=cfg.out_dir.replace("conv", "seed"))
-    print(f"training {cfg.model} ({args.preset or ('fast' if fast_mode() else 'cpu')} preset) "
-          f"into {cfg.out_dir}", file=sys.stderr)
+        extra["out_dir"] = str(args.out)
+    if args.match_time:
+        ref = _config(args, kind=args.match_time)
+        history = Path(ref.out_dir) / "history.json"
+        if not history.is_file():
+            raise ValueError(f"--match-time {args.match_time}: no {history}; train that run first")
+        extra["time_limit"] = sum(h["seconds"] for h in json.loads(history.read_text())) / 60
+    cfg = _config(args, **extra)
+    ckpt = Path(cfg.out_dir) / "checkpoint.pt"
+    resume = args.resume and ckpt.exists()
+    if ckpt.exists() and not (args.resume or args.fresh):
+        raise ValueError(f"{ckpt} exists: add --resume to continue that run, or --fresh to "
+                         "start over and overwrite it")
     try:
-        history = train(cfg, resume=args.resume)
+        history = train(cfg, resume=resume)
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {cfg.out_dir}/checkpoint.pt holds the last finished epoch; "
-              "continue with the same command and --resume", file=sys.stderr)
+        print(f"\ninterrupted: {ckpt} holds the last checkpoint (at most "
+              f"{cfg.checkpoint_minutes:g} minutes ago); continue with the same command and "
+              "--resume", file=sys.stderr)
         return 130
     if history and "test_bpd" in history[-1]:  # only rank 0 evaluates under torchrun
         last = history[-1]
         print(f"done: {last['epoch']} epochs, test {last['test_bpd']:.3f} bits/dim (ELBO), "
-              f"checkpoint {cfg.out_dir}/checkpoint.pt")
+              f"checkpoint {ckpt}")
     return 0
 
 
-def _test_batches(args, model_device):
-    x, y = load_cifar10(args.data, args.split, allow_partial=args.allow_partial)
-    if args.limit:
-        x, y = x[:args.limit], y[:args.limit]
-    return CifarLoader(x, y, batch_size=args.batch_size, device=model_device, shuffle=False)
-
-
 def cmd_evaluate(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .checkpoint import load_model
+    from .data import CifarLoader, load_cifar10
     from .evaluate import evaluate
 
-    device = pick_device(args.device)
-    model, ckpt = load_model(args.checkpoint, map_location=device)
+    path = _checkpoint(args)
+    json_path = args.json or (None if args.checkpoint else path.parent / "eval.json")
+    device = runtime.pick_device(args.device)
+    model, _ = load_model(path, map_location=device)
+    cfg = _config(args)
+    x, y = load_cifar10(cfg.test_data if args.split == "test" else cfg.data, args.split,
+                        allow_partial=cfg.allow_partial)
+    if args.limit:
+        x, y = x[:args.limit], y[:args.limit]
+    batches = CifarLoader(x, y, batch_size=args.batch_size, device=device, shuffle=False)
     torch.manual_seed(args.seed)
-    batches = _test_batches(args, device)
     t0 = time.perf_counter()
-    ev = evaluate(model, batches, num_samples=args.samples, chunk=args.chunk, progress=True)
+    ev = evaluate(model, tqdm(batches, desc="evaluate", leave=False), num_samples=args.samples,
+                  chunk=args.chunk)
     seconds = time.perf_counter() - t0  # evaluate() ends with a host copy, so this is synced
-    from .notebook import hardware
-
-    result = {"checkpoint": str(args.checkpoint), "split": args.split,
-              "data": Path(args.data or default_root()).resolve().name, "device": str(device),
-              "hardware": hardware(), "torch": torch.__version__, "seed": args.seed,
-              "seconds": round(seconds, 2), **dataclasses.asdict(ev)}
+    root = cfg.test_data if args.split == "test" else cfg.data
+    result = {"checkpoint": str(path), "split": args.split, "data": Path(root).name,
+              "device": str(device), "hardware": runtime.hardware(device),
+              "torch": torch.__version__, "seed": args.seed, "seconds": round(seconds, 2),
+              **dataclasses.asdict(ev)}
     if not model.likelihood.discrete:
         print(f"note: the {model.likelihood.kind} likelihood is not a probability of 8-bit "
               "images; its bits/dim do not compare with published numbers", file=sys.stderr)
@@ -128,41 +168,45 @@ def cmd_evaluate(args) -> int:
         print(f"IWAE (k={args.samples}): log p(x) >= {ev.iwae:.1f} nats "
               f"({ev.iwae_bits_per_dim:.3f} bits/dim)")
     print(f"{seconds:.1f} s on {device}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    if json_path:
+        Path(json_path).write_text(json.dumps(result, indent=1))
+        print(f"wrote {json_path}")
     return 0
 
 
 def cmd_sample(args) -> int:
+    from .checkpoint import load_model
     from .plots import save_grid
 
-    device = pick_device(args.device)
-    model, _ = load_model(args.checkpoint, map_location=device)
+    device = runtime.pick_device(args.device)
+    model, _ = load_model(_checkpoint(args), map_location=device)
     torch.manual_seed(args.seed)
-    images = model.sample(args.n)
+    images = model.sample(args.n, temperature=args.temperature)
     path = save_grid(images, args.out, nrow=args.nrow)
-    print(f"wrote {args.n} samples to {path}")
+    print(f"wrote {args.n} samples (temperature {args.temperature:g}) to {path}")
     return 0
 
 
 def cmd_data(args) -> int:
-    root = Path(args.data) if args.data else default_root()
-    for split in ("train", "test"):
+    from .data import load_cifar10
+
+    cfg = _config(args)
+    for split, root in (("train", cfg.data), ("test", cfg.test_data)):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PartialDatasetWarning)
             x, _ = load_cifar10(root, split, download=args.download,
-                                allow_partial=args.allow_partial)
+                                allow_partial=cfg.allow_partial)
         status = "partial copy, unverified" if caught else "verified against official md5"
-        print(f"{split}: {len(x)} images in {root.resolve()} ({status})")
+        print(f"{split}: {len(x)} images in {root} ({status})")
     return 0
 
 
 def cmd_export(args) -> int:
-    from .checkpoint import export_half
+    from .checkpoint import export_half, load_checkpoint
 
+    load_checkpoint(args.checkpoint)  # refuse a bad source before touching the output
     digest = export_half(args.checkpoint, args.out)
-    size = Path(args.out).stat().st_size / 2**20
+    size = args.out.stat().st_size / 2**20
     print(f"wrote {args.out} ({size:.1f} MiB, half-precision weights), sha256 {digest}")
     return 0
 
@@ -170,7 +214,7 @@ def cmd_export(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench
 
-    return run_bench(args)
+    return run_bench(args, _config(args))
 
 
 def cmd_report(args) -> int:
@@ -178,7 +222,7 @@ def cmd_report(args) -> int:
 
     generated = tables(args.results)
     if args.write:
-        readme = Path(args.write)
+        readme = args.write
         readme.write_text(fill(readme.read_text(), generated))
         print(f"wrote {len(generated)} tables into {readme}")
     else:
@@ -186,102 +230,175 @@ def cmd_report(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m vae_tutorial", description=__doc__,
-                                     parents=[_common(debug_only=True)])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def cmd_results(args) -> int:
+    """Copy a finished run's history and evaluation (and half-precision weights) to results/."""
+    from .checkpoint import export_half
+    from .report import fill, tables
 
-    p = sub.add_parser("data", parents=[_common()], help="check (or download) CIFAR-10",
+    cfg = _config(args)
+    run = Path(cfg.out_dir)
+    for name in ("history.json", "eval.json"):
+        if not (run / name).is_file():
+            raise ValueError(f"{run / name} is missing: train and evaluate that run first")
+    dest = runtime.results_dir() / run.name
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("history.json", "eval.json"):
+        shutil.copyfile(run / name, dest / name)
+    if args.weights:
+        digest = export_half(run / "checkpoint.pt", dest / "model-fp16.pt")
+        (dest / "model-fp16.pt.sha256").write_text(f"{digest}  model-fp16.pt\n")
+    print(f"copied {run.name} to {dest}")
+    readme = runtime.checkout_dir() / "README.md"
+    readme.write_text(fill(readme.read_text(), tables(runtime.results_dir())))
+    print(f"regenerated the tables of {readme}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True) -> None:
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show full tracebacks on errors")
+    if data:
+        p.add_argument("--data", type=existing_dir, help="folder holding cifar-10-batches-py/ "
+                       f"(default: ${runtime.DATA_ENV} or {runtime.checkout_dir() / 'data'})")
+        p.add_argument("--test-data", type=existing_dir, help="folder with the test split "
+                       f"(default: ${runtime.DATA_ENV} if set, else --data)")
+        p.add_argument("--allow-partial", action="store_true", default=None,
+                       help="accept a copy that fails the official checksums (a subset); "
+                       f"also {runtime.ALLOW_PARTIAL_ENV}=1")
+        p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
+    if model:
+        p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                       help=f"named configuration (default: fast if {runtime.FAST_ENV}=1, else "
+                       "gpu on CUDA, else cpu)")
+        p.add_argument("--model", choices=["conv", "seed", "hvae"], default=None,
+                       help="ConvVAE, the seed's network, or the hierarchical VAE")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m vae_tutorial", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=Parser)
+    count, seed = number(int, 1, 10**7), number(int, 0, 2**32 - 1)
+
+    p = sub.add_parser("data", help="check (or download) CIFAR-10",
                        description="Check that CIFAR-10 loads, or download the official "
                        "archive (verified by torchvision) with --download.")
+    _common(p, model=False)
+    p.set_defaults(preset=None, model=None)
     p.add_argument("--download", action="store_true", help="download the official archive")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("train", parents=[_common()], help="train a VAE",
-                       description="Train a VAE. Each epoch ends with a checkpoint; rerun "
-                       "with --resume to continue an interrupted run.")
-    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                   help="named configuration (default: fast if VAE_TUTORIAL_FAST=1, else cpu)")
-    p.add_argument("--model", choices=["conv", "seed"], help="ConvVAE or the seed's network")
-    p.add_argument("--test-data", help="folder with the test split (default: --data)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
+    p = sub.add_parser("train", help="train a VAE",
+                       description="Train a VAE. Checkpoints are written every epoch and every "
+                       "few minutes; rerun with --resume to continue an interrupted run.")
+    _common(p)
+    p.add_argument("--epochs", type=number(int, 1, 100_000))
+    p.add_argument("--batch-size", type=number(int, 1, 65_536))
+    p.add_argument("--lr", type=number(float, 1e-8, 10))
+    p.add_argument("--seed", type=seed)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="override any TrainConfig field, e.g. --set width=32 (repeatable)")
-    p.add_argument("--out", help="output folder (default: the preset's out_dir)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+                   help="override any config field, e.g. --set width=32 (repeatable)")
+    p.add_argument("--out", type=Path, help="run folder (default: runs/<model>-<preset>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in the run folder if it has a checkpoint")
+    p.add_argument("--fresh", action="store_true",
+                   help="start over even if the run folder has a checkpoint (overwrites it)")
+    p.add_argument("--match-time", choices=["conv", "seed", "hvae"],
+                   help="train for as long as that model's run of this preset trained")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", parents=[_common()], help="ELBO and IWAE log-likelihood",
+    ckpt_help = "a checkpoint (default: the --preset/--model run's checkpoint.pt)"
+    p = sub.add_parser("evaluate", help="ELBO and IWAE log-likelihood",
                        description="Test ELBO and importance-weighted log-likelihood, in nats "
-                       "and bits/dim.")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("-k", "--samples", type=int, default=100, help="IWAE samples (0: ELBO only)")
+                       "and bits/dim. Without CHECKPOINT the result also goes to the run's "
+                       "eval.json.")
+    _common(p)
+    p.add_argument("checkpoint", type=Path, nargs="?", help=ckpt_help)
+    p.add_argument("-k", "--samples", type=number(int, 0, 100_000), default=100,
+                   help="IWAE samples (0: ELBO only)")
     p.add_argument("--split", choices=["train", "test"], default="test")
-    p.add_argument("--limit", type=int, help="evaluate the first N images only")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--chunk", type=int, help="images decoded at once by IWAE "
+    p.add_argument("--limit", type=count, help="evaluate the first N images only")
+    p.add_argument("--batch-size", type=number(int, 1, 65_536), default=50)
+    p.add_argument("--chunk", type=count, help="images decoded at once by IWAE "
                    "(default: 16384 on CUDA, 256 on CPU)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="also write the result to this JSON file")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--json", type=output_file, help="also write the result to this JSON file")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("sample", parents=[_common()], help="write samples to a PNG grid",
-                       description="Draw z ~ N(0, I), decode and sample, save an image grid.")
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("-n", type=int, default=64, help="number of images")
-    p.add_argument("--nrow", type=int, default=8, help="images per row")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="samples.png", help="PNG path")
+    p = sub.add_parser("sample", help="write samples to a PNG grid",
+                       description="Draw z from the prior at a temperature, decode and sample, "
+                       "save an image grid.")
+    _common(p)
+    p.add_argument("checkpoint", type=Path, nargs="?", help=ckpt_help)
+    p.add_argument("-n", type=number(int, 1, 10_000), default=64, help="number of images")
+    p.add_argument("--nrow", type=number(int, 1, 1000), default=8, help="images per row")
+    p.add_argument("-t", "--temperature", type=number(float, 0, 10), default=1.0,
+                   help="scale of the prior's noise (1: the model; lower: smoother, less varied)")
+    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--out", type=output_file, default=Path("samples.png"), help="PNG path")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("export", parents=[_common(debug_only=True)],
-                       help="write a small half-precision copy of a checkpoint",
+    p = sub.add_parser("export", help="write a small half-precision copy of a checkpoint",
                        description="Half-precision weights, no optimizer: small enough to "
                        "commit; `evaluate` and `sample` read it like a full checkpoint.")
+    _common(p, data=False, model=False)
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=output_file)
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("bench", parents=[_common()], help="measure training/evaluation speed",
+    p = sub.add_parser("bench", help="measure training/evaluation speed",
                        description="Images per second of the seed's pipeline and the "
                        "project's, side by side; prints a table and writes JSON.")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
-    p.add_argument("--steps", type=int, default=10, help="training steps per repeat")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--test-data", help="folder with the test split for the IWAE timing "
-                   "(default: --data)")
-    p.add_argument("--iwae-images", type=int, default=100, help="images for the IWAE timing")
-    p.add_argument("--ks", default="100,1000", help="IWAE k values, comma-separated")
+    _common(p)
+    p.add_argument("--repeats", type=number(int, 1, 1000), default=5,
+                   help="timed repeats (median reported)")
+    p.add_argument("--steps", type=number(int, 1, 100_000), default=10,
+                   help="training steps per repeat")
+    p.add_argument("--batch-size", type=number(int, 1, 65_536),
+                   help="images per step (default: the preset's)")
+    p.add_argument("--iwae-images", type=number(int, 1, 100_000), default=100,
+                   help="images for the IWAE timing")
+    p.add_argument("--ks", type=number_list(int, 1, 100_000), default=[100, 1000],
+                   help="IWAE k values, comma-separated")
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
     p.add_argument("--loading-only", action="store_true",
                    help="time the input pipelines alone (no model), one epoch per repeat")
-    p.add_argument("--json", default="bench.json", help="where to write the table")
+    p.add_argument("--json", type=output_file, default=Path("bench.json"),
+                   help="where to write the table")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("report", parents=[_common(debug_only=True)],
-                       help="the README's tables, generated from results/",
+    p = sub.add_parser("report", help="the README's tables, generated from results/",
                        description="Markdown tables of the committed measurements (training, "
                        "bench) from the JSON files under results/.")
-    p.add_argument("--results", type=Path, default=Path("results"), help="results folder")
-    p.add_argument("--write", metavar="README", help="replace the <!-- report:NAME --> blocks "
-                   "of this file instead of printing")
+    _common(p, data=False, model=False)
+    p.add_argument("--results", type=existing_dir, default=runtime.results_dir(),
+                   help="results folder")
+    p.add_argument("--write", metavar="README", type=output_file,
+                   help="replace the <!-- report:NAME --> blocks of this file instead of printing")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("results", help="record a finished run under results/ (maintainers)",
+                       description="Copy the --preset/--model run's history.json and eval.json "
+                       "to results/<model>-<preset>/ (with --weights, half-precision weights and "
+                       "their sha256 too), then regenerate the README's tables.")
+    _common(p)
+    p.add_argument("--weights", action="store_true", help="also export half-precision weights")
+    p.set_defaults(func=cmd_results)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"warning: {message}\n"
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except EXPECTED + (RuntimeError,) as err:
+    except EXPECTED as err:
         if getattr(args, "debug", False):
             raise
         text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        print(f"error: {text}", file=sys.stderr)
+        print(f"error: {text or type(err).__name__}", file=sys.stderr)
         return 2
 
 

@@ -1,98 +1,327 @@
-"""Training configuration: one typed dataclass and three named presets."""
+"""Configuration: the model's architecture, the training run, named presets, and their checks.
+
+Every field carries its type, its default and, where it has one, its allowed range; building a
+config checks every field against them, whoever builds it (CLI, notebook, Python), and a bad
+value is one clear line: the field, the value and what is allowed. `--set FIELD=VALUE` strings
+are parsed from the same declarations.
+
+    cfg = preset("cpu", lr=1e-3)             # a named preset with overrides
+    cfg.model.width, cfg.out_dir, cfg.data   # resolved once: folders are absolute paths
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
 
-from .data import env_flag
+from . import runtime
 
 
-@dataclass
+class ConfigError(ValueError):
+    """A configuration field has a value outside what it allows."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values of a numeric field: lo <= value <= hi (lo excluded when open)."""
+
+    lo: float
+    hi: float
+    open_lo: bool = False
+
+    def check(self, value) -> bool:
+        above = value > self.lo if self.open_lo else value >= self.lo
+        return isinstance(value, (int, float)) and math.isfinite(value) and above and \
+            value <= self.hi
+
+    def __str__(self) -> str:
+        return f"{'>' if self.open_lo else '>='} {self.lo:g} and <= {self.hi:g}"
+
+
+POSITIVE = Range(0, 1e6, open_lo=True)  # > 0
+COUNT = Range(1, 1e7)  # a number of things: at least one
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The architecture: everything `build_model` needs, stored in every checkpoint."""
+
+    kind: Literal["conv", "seed", "hvae"] = "conv"  # ConvVAE, the seed's network fixed, or HVAE
+    width: Annotated[int, Range(1, 1024)] = 64  # conv, hvae: channels at 16x16 (2x below)
+    latent_dim: Annotated[int, Range(1, 4096)] = 128  # conv, seed: size of z
+    res_blocks: Annotated[int, Range(0, 32)] = 1  # conv: res. blocks at 8x8; hvae: cells per res.
+    groups: Annotated[tuple[int, int, int], Range(0, 64)] = (1, 2, 2)  # hvae: at 4, 8, 16 px
+    zdims: Annotated[tuple[int, int, int], Range(1, 256)] = (32, 16, 8)  # hvae: channels of each
+    likelihood: Literal["bernoulli", "gaussian", "logistic", "logistic_mixture"] = \
+        "logistic_mixture"  # the decoder's distribution of the 8-bit pixels
+    mixtures: Annotated[int, Range(1, 32)] = 3  # components of the logistic mixture
+
+    def __post_init__(self):
+        validate(self)
+        if self.kind == "hvae" and sum(self.groups) == 0:
+            raise ConfigError(f"config field groups = {self.groups} is not allowed: a "
+                              "hierarchical VAE needs at least one latent group")
+
+    def replace(self, **changes) -> ModelConfig:
+        return _replace(self, changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        return cls(**_known(cls, d))
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on; stored in every checkpoint."""
 
-    # model
-    model: str = "conv"  # "conv" (ConvVAE) or "seed" (the seed notebook's network, fixed)
-    width: int = 64  # ConvVAE channels at 16x16 (2x below)
-    latent_dim: int = 128  # size of z
-    res_blocks: int = 1  # ConvVAE residual blocks at 8x8, per side
-    likelihood: str = "logistic_mixture"  # bernoulli | gaussian | logistic | logistic_mixture
-    mixtures: int = 3  # components of the logistic mixture
-    # data
-    data: str | None = None  # training root holding cifar-10-batches-py/; None: default_root()
-    test_data: str | None = None  # test root; None: same as data
+    model: ModelConfig = field(default_factory=ModelConfig)  # the architecture
+    preset: str = "custom"  # the preset this came from; names the default run folder
+    # data: None resolves once, when the config is built (see runtime.data_root)
+    data: str | None = None  # training root holding cifar-10-batches-py/
+    test_data: str | None = None  # test root; None: runtime.test_root(data)
     extra_data: str | None = None  # a second training root mixed in (e.g. the exact subset)
-    extra_repeats: int = 1  # how many times the extra_data images appear per epoch
-    allow_partial: bool | None = None  # accept unverified copies; None: read the environment
-    train_limit: int | None = None  # use only the first N training images (fast mode)
-    test_limit: int | None = None  # use only the first N test images
+    extra_repeats: Annotated[int, Range(1, 1000)] = 1  # times extra_data appears per epoch
+    allow_partial: bool | None = None  # accept unverified copies; None: the environment's switch
+    train_limit: Annotated[int | None, COUNT] = None  # only the first N training images
+    test_limit: Annotated[int | None, COUNT] = None  # only the first N test images
     # optimisation
-    epochs: int = 8  # passes over the training set
-    batch_size: int = 128  # images per step (global, over all processes)
-    lr: float = 2e-3  # peak learning rate of Adam(W)
-    lr_warmup_steps: int = 200  # linear warm-up, then cosine decay to lr * lr_final
-    lr_final: float = 0.05  # final learning rate as a fraction of lr
-    weight_decay: float = 0.0  # AdamW decoupled weight decay
-    grad_clip: float = 200.0  # max global gradient norm (of the per-image loss in nats)
-    beta: float = 1.0  # weight of the KL term (1 = the true ELBO)
-    kl_warmup_epochs: float = 1.0  # KL weight rises linearly from 0 to beta over this long
-    free_bits: float = 0.0  # nats per latent dim below which KL is not penalised (0: off)
+    epochs: Annotated[int, Range(1, 100_000)] = 8  # passes over the training set
+    batch_size: Annotated[int, Range(1, 65_536)] = 128  # images per step (global, all processes)
+    lr: Annotated[float, Range(0, 10, open_lo=True)] = 2e-3  # peak learning rate of AdamW
+    lr_warmup_steps: Annotated[int, Range(0, 1e7)] = 200  # linear warm-up, then cosine decay
+    lr_final: Annotated[float, Range(0, 1)] = 0.05  # final learning rate as a fraction of lr
+    weight_decay: Annotated[float, Range(0, 10)] = 0.0  # AdamW decoupled weight decay
+    grad_clip: Annotated[float, POSITIVE] = 200.0  # max global gradient norm (per-image nats)
+    grad_skip: Annotated[float | None, POSITIVE] = None  # skip steps whose norm exceeds this
+    beta: Annotated[float, Range(0, 1000)] = 1.0  # weight of the KL term (1: the true ELBO)
+    kl_warmup_epochs: Annotated[float, Range(0, 10_000)] = 1.0  # KL weight 0 -> beta over this
+    free_bits: Annotated[float, Range(0, 100)] = 0.0  # nats per latent unit not penalised (0: off)
     # run
-    seed: int = 0  # seeds the weights, the data order and the sampling noise
+    seed: Annotated[int, Range(0, 2**32 - 1)] = 0  # weights, data order and sampling noise
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     device: str = "auto"  # "auto" (cuda, then mps, then cpu) or a torch device string
-    amp: bool = True  # bf16 autocast where bf16 is native: Ampere+ GPUs, AMX/AVX512-BF16 CPUs
+    amp: bool = True  # bf16 autocast where bf16 is native (runtime.autocast_dtype)
     channels_last: bool | None = None  # None: on CUDA only (it measured no faster on CPU)
     compile: bool = False  # torch.compile the model (opt-in: it takes a while to compile)
-    out_dir: str = "runs/conv-cpu"  # checkpoint.pt and history.json go here
+    out_dir: str | None = None  # checkpoint.pt and history.json; None: runs/<model>-<preset>
     progress: bool = True  # tqdm progress bars
-    log_every: int = 25  # steps between host syncs (progress bar, NaN check)
-    time_limit: float | None = None  # minutes of training; the lr decay then follows the clock
+    log_every: Annotated[int, Range(1, 1e6)] = 25  # steps between host syncs (bar, NaN check)
+    checkpoint_minutes: Annotated[float, Range(0, 10_080)] = 5.0  # mid-epoch (0: at every sync)
+    time_limit: Annotated[float | None, Range(0, 10_080, open_lo=True)] = None  # minutes
     notes: dict = field(default_factory=dict)  # free-form provenance saved with the run
 
+    def __post_init__(self):
+        if isinstance(self.model, dict):  # from_dict and --set hand over plain dicts
+            object.__setattr__(self, "model", ModelConfig.from_dict(self.model))
+        validate(self)
+        data = Path(self.data or runtime.data_root()).expanduser().resolve()
+        resolved = {
+            "data": str(data),
+            "test_data": str(Path(self.test_data).expanduser().resolve() if self.test_data
+                             else runtime.test_root(data)),
+            "extra_data": (str(Path(self.extra_data).expanduser().resolve())
+                           if self.extra_data else None),
+            "allow_partial": (runtime.allow_partial() if self.allow_partial is None
+                              else self.allow_partial),
+            "out_dir": str(Path(self.out_dir).expanduser().resolve() if self.out_dir
+                           else runtime.runs_dir() / f"{self.model.kind}-{self.preset}"),
+        }
+        for name, value in resolved.items():
+            object.__setattr__(self, name, value)
+
     def replace(self, **changes) -> TrainConfig:
-        """A copy with some fields changed; unknown names raise a clear error."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ValueError(f"unknown config field(s) {unknown}; known: {sorted(names)}")
-        return dataclasses.replace(self, **changes)
+        """A copy with some fields changed (model fields too, by name); unknown names are an
+        error. Folders resolved from defaults stay as they were unless changed."""
+        model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        model_changes = {k: changes.pop(k) for k in list(changes) if k in model_fields}
+        if model_changes:
+            changes["model"] = self.model.replace(**model_changes)
+        return _replace(self, changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**_known(cls, d))
 
 
-PRESETS: dict[str, TrainConfig] = {
+def _known(cls, d: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in d.items() if k in names}
+
+
+def _replace(cfg, changes: dict):
+    names = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(field_names()))}")
+    return dataclasses.replace(cfg, **changes)
+
+
+# --- field declarations: types, ranges, choices -------------------------------------------------
+
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _unpack(hint):
+    """(base types, Range or None, choices or None) of a field's annotation."""
+    rng = None
+    if typing.get_origin(hint) is Annotated:
+        hint, *extra = typing.get_args(hint)
+        rng = next((e for e in extra if isinstance(e, Range)), None)
+    if typing.get_origin(hint) is Literal:
+        return (str,), rng, typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return typing.get_args(hint), rng, None
+    return (hint,), rng, None
+
+
+def describe(cfg_cls, name: str) -> str:
+    """What a field allows, in words: 'an int >= 1 and <= 1024', 'one of conv, seed'."""
+    types_, rng, choices = _unpack(_hints(cfg_cls)[name])
+    if choices:
+        return "one of " + ", ".join(choices)
+    if typing.get_origin(types_[0]) is tuple:
+        n = len(typing.get_args(types_[0]))
+        return f"{n} comma-separated ints, each {rng}"
+    kinds = [t.__name__ for t in types_ if t is not type(None)]
+    if kinds == ["bool"]:
+        return "true or false" + (" (or none)" if type(None) in types_ else "")
+    text = " or ".join(f"a {k}" if k != "int" else "an int" for k in kinds)
+    if rng:
+        text += f" {rng}"
+    if type(None) in types_:
+        text += " (or none)"
+    return text
+
+
+def validate(cfg) -> None:
+    """Check every field of a config dataclass against its declared type, range and choices."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        types_, rng, choices = _unpack(_hints(type(cfg))[f.name])
+        if value is None and type(None) in types_:
+            continue
+        ok = True
+        if typing.get_origin(types_[0]) is tuple:
+            n = len(typing.get_args(types_[0]))
+            ok = (isinstance(value, (tuple, list)) and len(value) == n
+                  and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+                  and (rng is None or all(rng.check(v) for v in value)))
+            if ok and isinstance(value, list):
+                object.__setattr__(cfg, f.name, tuple(value))
+            types_, rng = (), None
+        if choices:
+            ok = value in choices
+        elif bool in types_:
+            ok = isinstance(value, bool)
+        elif int in types_ and float not in types_:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif float in types_:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif str in types_:
+            ok = isinstance(value, str)
+        if ok and rng is not None:
+            ok = rng.check(value)
+        if not ok:
+            raise ConfigError(f"config field {f.name} = {value!r} is not allowed: expected "
+                              f"{describe(type(cfg), f.name)}")
+
+
+def field_names() -> list[str]:
+    """Every field --set accepts: the training run's and the model's (by plain name)."""
+    own = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("model", "notes")]
+    return own + [f.name for f in dataclasses.fields(ModelConfig)]
+
+
+def parse_value(name: str, text: str):
+    """A --set string turned into the field's type; ConfigError with the allowed values."""
+    cls = ModelConfig if name in {f.name for f in dataclasses.fields(ModelConfig)} else TrainConfig
+    types_, _, choices = _unpack(_hints(cls)[name])
+    t = text.strip()
+    if t.lower() in ("none", "null") and type(None) in types_:
+        return None
+    if choices:
+        if t not in choices:
+            raise ConfigError(f"--set {name}={text}: expected one of {', '.join(choices)}")
+        return t
+    if typing.get_origin(types_[0]) is tuple:
+        try:
+            return tuple(int(v) for v in t.split(","))
+        except ValueError:
+            raise ConfigError(f"--set {name}={text}: expected {describe(cls, name)}") from None
+    for kind in (bool, int, float):
+        if kind in types_:
+            try:
+                if kind is bool:
+                    if t.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                        raise ValueError
+                    return t.lower() in ("1", "true", "yes", "on")
+                return kind(t)
+            except ValueError:
+                if kind is int and float in types_:
+                    continue
+                raise ConfigError(f"--set {name}={text}: expected "
+                                  f"{describe(cls, name)}") from None
+    return t
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """['lr=1e-3', 'width=32'] -> {'lr': 0.001, 'width': 32}, each value parsed and named."""
+    names = field_names()
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in names:
+            raise ConfigError(f"--set {pair}: expected FIELD=VALUE with FIELD one of "
+                              f"{', '.join(sorted(names))}")
+        out[key] = parse_value(key, value)
+    return out
+
+
+# --- presets ------------------------------------------------------------------------------------
+
+PRESETS: dict[str, dict] = {
     # CI and smoke runs: a few hundred images, a tiny network, seconds on a CPU.
-    "fast": TrainConfig(width=16, latent_dim=32, res_blocks=1, mixtures=1, epochs=2,
-                        batch_size=64, train_limit=512, test_limit=256, lr_warmup_steps=5,
-                        kl_warmup_epochs=0.5, out_dir="runs/fast"),
-    # The full run on a 2-core CPU: 18 minutes in bf16 (AMX), 30 in fp32. Offline, the 50,000
-    # JPEG-decoded training images are mixed with the 5,085 exact ones ten times
-    # (--set extra_data=...), so that half of every epoch has the real pixel statistics.
-    "cpu": TrainConfig(extra_repeats=10),
+    "fast": dict(model=ModelConfig(width=16, latent_dim=32, mixtures=1), epochs=2, batch_size=64,
+                 train_limit=512, test_limit=256, lr_warmup_steps=5, kl_warmup_epochs=0.5),
+    # The full run on a 2-core CPU. Offline, the 50,000 JPEG-decoded training images are mixed
+    # with the 5,085 exact ones ten times (--set extra_data=...), so that half of every epoch
+    # has the real pixel statistics.
+    "cpu": dict(extra_repeats=10),
     # A longer, wider run for one GPU.
-    "gpu": TrainConfig(width=128, res_blocks=2, latent_dim=256, mixtures=5, epochs=200,
-                       batch_size=256, lr=2e-3, lr_warmup_steps=500, kl_warmup_epochs=5.0,
-                       out_dir="runs/conv-gpu"),
+    "gpu": dict(model=ModelConfig(width=128, res_blocks=2, latent_dim=256, mixtures=5),
+                epochs=200, batch_size=256, lr_warmup_steps=500, kl_warmup_epochs=5.0),
 }
 
 
 def preset(name: str | None = None, **overrides) -> TrainConfig:
-    """A named preset with overrides; None picks "fast" when VAE_TUTORIAL_FAST=1, else "cpu"."""
-    if name is None:
-        name = "fast" if fast_mode() else "cpu"
+    """A named preset with overrides (model fields by plain name, e.g. width=32); None picks
+    the notebooks' preset (runtime.preset_name: fast in fast mode, else gpu on CUDA, else cpu)."""
+    name = name or runtime.preset_name()
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name].replace(**overrides)
-
-
-def fast_mode() -> bool:
-    """True when VAE_TUTORIAL_FAST=1: notebooks and CLI then use a few hundred images."""
-    return env_flag("VAE_TUTORIAL_FAST")
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    base = dict(PRESETS[name])
+    model = base.pop("model", ModelConfig())
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    model_over = {k: overrides.pop(k) for k in list(overrides) if k in model_fields}
+    if isinstance(overrides.get("model"), ModelConfig):
+        model = overrides.pop("model")
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(field_names()))}")
+    return TrainConfig(**{**base, **overrides, "preset": name,
+                          "model": model.replace(**model_over)})

@@ -1,8 +1,8 @@
 """CIFAR-10 as one uint8 tensor on the device, and a batch iterator over it.
 
-`load_cifar10` reads the standard `cifar-10-batches-py` layout through
-`torchvision.datasets.CIFAR10`, so the official archive is downloaded and checksum-verified.
-A shortened copy (such as the project's bit-exact subset) loads only on explicit opt-in.
+`load_cifar10` reads the standard `cifar-10-batches-py` layout; torchvision downloads the
+official archive and checks every file's md5, so a copy is verified before it is used. A
+shortened copy (such as the project's bit-exact subset) loads only on explicit opt-in.
 `CifarLoader` keeps a whole split on the target device and slices batches with a seeded,
 device-side permutation: no DataLoader, no PIL, no per-image Python on the hot path.
 """
@@ -10,6 +10,7 @@ device-side permutation: no DataLoader, no PIL, no per-image Python on the hot p
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Iterator
@@ -17,24 +18,29 @@ from typing import Iterator
 import numpy as np
 import torch
 from torchvision.datasets import CIFAR10
+from torchvision.datasets.utils import check_integrity
+
+from . import runtime
 
 __all__ = [
     "DatasetError",
     "PartialDatasetWarning",
-    "default_root",
-    "env_flag",
     "load_cifar10",
+    "is_official",
     "CifarLoader",
     "CLASSES",
+    "FOLDER",
 ]
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")
 FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
+FILES = {"train": CIFAR10.train_list, "test": CIFAR10.test_list}  # [(name, official md5)]
+META = CIFAR10.meta  # {"filename": "batches.meta", "key": ..., "md5": ...}
 DOWNLOAD_HELP = (
-    "To download the official archive (163 MB, checksum-verified) run\n"
-    "    python -m vae_tutorial data --download\n"
-    "or point VAE_TUTORIAL_DATA (or --data) at a folder that holds {folder}/."
+    "To download the official archive (163 MB, checksum-verified) run "
+    "`python -m vae_tutorial data --download`, "
+    f"or point {runtime.DATA_ENV} (or --data) at a folder that holds {FOLDER}/."
 )
 
 
@@ -46,43 +52,30 @@ class PartialDatasetWarning(UserWarning):
     """A shortened, unverified copy of CIFAR-10 was loaded on request."""
 
 
-def env_flag(name: str) -> bool:
-    """True when the environment variable `name` is set to 1, true, yes or on."""
-    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+def is_official(root: str | os.PathLike) -> bool:
+    """Whether every batch file under root matches the md5 of the official archive."""
+    folder = Path(root) / FOLDER
+    return all(check_integrity(str(folder / name), md5)
+               for name, md5 in FILES["train"] + FILES["test"])
 
 
-def checkout_dir() -> Path:
-    """The project checkout (where data/, runs/ and figures/ live), or the working directory."""
-    here = Path(__file__).resolve().parent.parent
-    return here if (here / "pyproject.toml").exists() else Path.cwd()
-
-
-def default_root() -> Path:
-    """`$VAE_TUTORIAL_DATA`, else `data/` in the project checkout, else `./data`."""
-    if os.environ.get("VAE_TUTORIAL_DATA"):
-        return Path(os.environ["VAE_TUTORIAL_DATA"]).expanduser()
-    return checkout_dir() / "data"
-
-
-class _CIFAR10(CIFAR10):
-    """torchvision's CIFAR10 whose checksum test can be waived for a shortened copy."""
-
-    def __init__(self, root, train, download, verify):
-        self._verify = verify
-        super().__init__(str(root), train=train, download=download)
-
-    def _check_integrity(self) -> bool:
-        if self._verify:
-            return super()._check_integrity()
-        files = self.train_list + self.test_list
-        return all((Path(self.root) / FOLDER / name).is_file() for name, _ in files)
-
-
-def _is_official(root: Path) -> bool:
-    """Whether every batch file matches the md5 of the official archive."""
-    probe = CIFAR10.__new__(CIFAR10)
-    probe.root = str(root)
-    return probe._check_integrity()
+def _read_batches(folder: Path, split: str) -> tuple[np.ndarray, list]:
+    """(uint8 (N, 3, 32, 32), labels) from the pickled batch files of one split."""
+    if not check_integrity(str(folder / META["filename"]), META["md5"]):
+        raise DatasetError(f"{folder / META['filename']} is missing or corrupt (its md5 is not "
+                           f"the official one). {DOWNLOAD_HELP}")
+    data, labels = [], []
+    for name, _ in FILES[split]:
+        try:
+            with open(folder / name, "rb") as f:
+                entry = pickle.load(f, encoding="latin1")
+            data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+        except Exception as err:  # noqa: BLE001 - pickle, EOF, key, shape: all mean corrupt
+            raise DatasetError(f"Could not read CIFAR-10 {split} split from {folder}: {name} "
+                               f"is truncated or corrupt ({type(err).__name__}: "
+                               f"{str(err)[:100]}). {DOWNLOAD_HELP}") from None
+    return np.concatenate(data), labels
 
 
 def load_cifar10(
@@ -94,54 +87,46 @@ def load_cifar10(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Load a CIFAR-10 split as (images uint8 (N, 3, 32, 32), labels int64 (N,)).
 
-    root: the folder holding `cifar-10-batches-py/` (default: `default_root()`).
-    download: fetch and verify the official archive into root if it is not there.
+    root: the folder holding `cifar-10-batches-py/` (default: runtime.data_root()).
+    download: fetch and verify the official archive into root (torchvision) if it is not there.
     allow_partial: accept a copy whose batches fail the official checksums (a subset), with a
-        warning; None reads `VAE_TUTORIAL_ALLOW_PARTIAL` from the environment.
+        warning; None reads the environment's switch (runtime.allow_partial).
     """
-    if split not in ("train", "test"):
+    if split not in FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    root = Path(root).expanduser() if root is not None else default_root()
-    if allow_partial is None:
-        allow_partial = env_flag("VAE_TUTORIAL_ALLOW_PARTIAL")
-    where = root.resolve() / FOLDER
-    help_text = DOWNLOAD_HELP.format(folder=FOLDER)
-
-    official = _is_official(root)
-    if not official and not download:
-        missing = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list + [(
-            CIFAR10.meta["filename"], None)] if not (where / n).is_file()]
+    root = Path(root).expanduser() if root is not None else runtime.data_root()
+    allow_partial = runtime.allow_partial() if allow_partial is None else allow_partial
+    folder = root.resolve() / FOLDER
+    official = is_official(root)
+    if not official and download:
+        try:
+            CIFAR10(str(root), train=split == "train", download=True)  # downloads and verifies
+        except Exception as err:  # noqa: BLE001 - network and archive errors alike
+            raise DatasetError(f"Could not download CIFAR-10 into {root}: "
+                               f"{type(err).__name__}: {err}") from None
+        official = is_official(root)
+    if not official:
+        names = [n for n, _ in FILES["train"] + FILES["test"]] + [META["filename"]]
+        missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise DatasetError(
-                f"CIFAR-10 not found: {where} is missing {', '.join(missing)}.\n{help_text}")
+                f"CIFAR-10 not found: {folder} is missing {', '.join(missing)}. {DOWNLOAD_HELP}")
         if not allow_partial:
             raise DatasetError(
-                f"CIFAR-10 at {where} does not match the official checksums: it is a partial "
+                f"CIFAR-10 at {folder} does not match the official checksums: it is a partial "
                 "or modified copy. If that is intended (for instance the bit-exact subset used "
                 "by the tests), pass allow_partial=True, --allow-partial or set "
-                f"VAE_TUTORIAL_ALLOW_PARTIAL=1. Otherwise delete it and download again.\n"
-                f"{help_text}")
-    try:
-        ds = _CIFAR10(root, train=(split == "train"), download=download,
-                      verify=official or download)
-    except DatasetError:
-        raise
-    except Exception as err:  # torchvision raises RuntimeError, pickle/OSError on bad files
-        raise DatasetError(
-            f"Could not read CIFAR-10 {split} split from {where}: {type(err).__name__}: {err}\n"
-            f"The files may be truncated or corrupt. {help_text}") from None
-
-    data = np.asarray(ds.data)
-    if data.ndim != 4 or data.shape[1:] != (32, 32, 3) or len(data) != len(ds.targets):
-        raise DatasetError(f"CIFAR-10 {split} split at {where} has unexpected shape "
-                           f"{data.shape}; expected (N, 32, 32, 3).")
-    if not official and not download:
-        warnings.warn(f"Loaded a partial CIFAR-10 copy from {where}: {len(data)} {split} "
+                f"{runtime.ALLOW_PARTIAL_ENV}=1. Otherwise delete it and download again. "
+                f"{DOWNLOAD_HELP}")
+    data, labels = _read_batches(folder, split)
+    if len(data) != len(labels):
+        raise DatasetError(f"CIFAR-10 {split} split at {folder} has unexpected shape: "
+                           f"{len(data)} images but {len(labels)} labels.")
+    if not official:
+        warnings.warn(f"Loaded a partial CIFAR-10 copy from {folder}: {len(data)} {split} "
                       "images, not verified against the official checksums.",
                       PartialDatasetWarning, stacklevel=2)
-    images = torch.from_numpy(data).permute(0, 3, 1, 2).contiguous()  # (N, 3, 32, 32) uint8
-    labels = torch.as_tensor(ds.targets, dtype=torch.int64)
-    return images, labels
+    return torch.from_numpy(data), torch.as_tensor(labels, dtype=torch.int64)
 
 
 class CifarLoader:
@@ -173,16 +158,17 @@ class CifarLoader:
         self.images = images.to(self.device)  # (N, 3, 32, 32) uint8, resident
         self.labels = labels.to(self.device) if labels is not None else None
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.seed, self.epoch, self.channels_last = seed, 0, channels_last
+        self.seed, self.epoch, self.skip, self.channels_last = seed, 0, 0, channels_last
         self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
         n, b = len(self.images), self.batch_size
         return n // b if self.drop_last else -(-n // b)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the permutation of the next iteration (it also advances after each one)."""
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Choose the permutation of the next iteration (it also advances after each one), and
+        start it after its first `skip` batches (to resume a run in the middle of an epoch)."""
+        self.epoch, self.skip = epoch, skip
 
     def order(self) -> torch.Tensor:
         """The visiting order of the current epoch, a device tensor of indices."""
@@ -196,8 +182,8 @@ class CifarLoader:
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         order = self.order()
         self.epoch += 1
-        b = self.batch_size
-        for start in range(0, len(self.images), b):
+        b, skip, self.skip = self.batch_size, self.skip, 0
+        for start in range(skip * b, len(self.images), b):
             idx = order[start:start + b]
             if len(idx) < b and self.drop_last:
                 break

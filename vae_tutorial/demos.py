@@ -20,6 +20,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn as nn
 
+from . import losses
 from .linear_gaussian import LinearGaussianVAE
 
 __all__ = [
@@ -211,10 +212,6 @@ def quadratic_gradient_variance(mu: float, sigma: float, a: float = 2.0) -> dict
                       2.0 * d ** 4 / s2 + 60.0 * d * d + 74.0 * s2)}
 
 
-def _std_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    return (-0.5 * z.pow(2) - 0.5 * math.log(2 * math.pi)).sum(-1)
-
-
 def elbo_gradient_samples(model: LinearGaussianVAE, x: torch.Tensor, eps: torch.Tensor,
                           estimator: str) -> torch.Tensor:
     """Per-draw estimates of the gradient of ELBO(x) with respect to the encoder's c, q_log_var.
@@ -237,10 +234,9 @@ def elbo_gradient_samples(model: LinearGaussianVAE, x: torch.Tensor, eps: torch.
     z = mean + std * eps
     if estimator == "score":
         z = z.detach()
-    log_q = (-0.5 * ((z - mean) / std).pow(2) - 0.5 * lv - 0.5 * math.log(2 * math.pi)).sum(-1)
-    resid = (x - z @ w.T - b) / log_sigma.exp()
-    log_px_z = (-0.5 * resid.pow(2) - log_sigma - 0.5 * math.log(2 * math.pi)).sum(-1)
-    g = log_px_z + _std_normal_log_prob(z) - log_q
+    log_q = losses.normal_log_prob(z, mean, lv).sum(-1)
+    log_px_z = losses.gaussian_log_likelihood(x.expand(n, -1), z @ w.T + b, log_sigma)
+    g = log_px_z + losses.standard_normal_log_prob(z).sum(-1) - log_q
     objective = g if estimator == "reparam" else g.detach() * log_q
     g_c, g_lv = torch.autograd.grad(objective.sum(), (c, lv))
     return torch.cat([g_c, g_lv], dim=1)
@@ -313,8 +309,6 @@ def fit_encoder(model: LinearGaussianVAE, x: torch.Tensor, beta: float = 1.0,
     data dimensions while the KL is summed is the same objective, divided by D, with beta = D.
     Returns the final averages: reconstruction, kl, elbo, log_px and gap = log_px - elbo.
     """
-    from . import losses
-
     params = [getattr(model, k) for k in ENCODER_PARAMS]
     opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, tolerance_grad=1e-12,
                             tolerance_change=1e-14, line_search_fn="strong_wolfe")

@@ -16,11 +16,12 @@ import torch
 import torch.nn as nn
 
 from . import losses
-from .model import reparameterize
+from .model import VAE
 
 
-class LinearGaussianVAE(nn.Module):
-    """Follows the package's model protocol on flat data x of shape (B, D)."""
+class LinearGaussianVAE(VAE):
+    """Follows the package's model protocol (forward, log_weights, sample) on flat data x of
+    shape (B, D), in float64."""
 
     def __init__(self, data_dim: int = 4, latent_dim: int = 2, sigma: float = 0.5,
                  seed: int = 0):
@@ -83,14 +84,10 @@ class LinearGaussianVAE(nn.Module):
         return losses.gaussian_log_likelihood(x, self.decode(z), self.log_sigma)
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        z = torch.randn(n, self.latent_dim, dtype=self.W.dtype)
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        z = temperature * torch.randn(n, self.latent_dim, dtype=self.W.dtype)
         x = self.decode(z)
         return x + self.log_sigma.exp() * torch.randn_like(x)
-
-    def forward(self, x: torch.Tensor) -> losses.ELBO:
-        mean, log_var = self.encode(x)
-        return losses.elbo(self.log_likelihood(x, reparameterize(mean, log_var)), mean, log_var)
 
     def exact_elbo(self, x: torch.Tensor) -> torch.Tensor:
         """E_q[log p(x|z)] - KL(q || p(z)) in closed form (no sampling), (B,)."""

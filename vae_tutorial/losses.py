@@ -25,6 +25,13 @@ __all__ = [
     "ELBO",
     "elbo",
     "bits_per_dim",
+    "check_pixels",
+    "normal_kl",
+    "normal_log_prob",
+    "standard_normal_log_prob",
+    "to_8bit",
+    "logistic_noise",
+    "training_loss",
     "LogLikelihoodError",
 ]
 
@@ -46,18 +53,19 @@ def gaussian_kl(mean: torch.Tensor, log_var: torch.Tensor, per_dim: bool = False
     return kl if per_dim else _sum_per_example(kl)
 
 
+def check_pixels(x: torch.Tensor) -> None:
+    """Refuse images outside [0, 1] with an explanation (one host sync: call it at the data
+    boundary, not per loss call). CifarLoader's x = uint8 / 255 always passes."""
+    lo, hi = (float(v) for v in torch.aminmax(x.detach()))
+    if lo < 0.0 or hi > 1.0:
+        raise LogLikelihoodError(
+            f"images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}]. Inputs normalised "
+            "to [-1, 1] (as in the seed notebook's Normalize([0.5], [0.5])) make binary "
+            "cross-entropy negative and meaningless: scale images with x / 255 instead.")
+
+
 def bernoulli_log_likelihood(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """log Bernoulli(x | sigmoid(logits)) from logits, stable; refuses x outside [0, 1]."""
-    if not torch.compiler.is_compiling():
-        lo, hi = torch.aminmax(x.detach())
-        lo, hi = float(lo), float(hi)
-        if lo < 0.0 or hi > 1.0:
-            raise LogLikelihoodError(
-                f"bernoulli_log_likelihood: targets must lie in [0, 1], got values in "
-                f"[{lo:.3g}, {hi:.3g}]. Inputs normalised to [-1, 1] (as in the seed notebook's "
-                "Normalize([0.5], [0.5])) make binary cross-entropy negative and meaningless: "
-                "scale images with x / 255 instead."
-            )
+    """log Bernoulli(x | sigmoid(logits)) from logits, stable; x in [0, 1] (see check_pixels)."""
     return -_sum_per_example(F.binary_cross_entropy_with_logits(logits, x, reduction="none"))
 
 
@@ -155,3 +163,41 @@ def elbo(log_likelihood: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor
 def bits_per_dim(nats: torch.Tensor | float, dims: int = 3 * 32 * 32) -> torch.Tensor | float:
     """Convert a log-likelihood in nats per image to bits per dimension, -nats / (dims ln 2)."""
     return -nats / (dims * math.log(2.0))
+
+
+def normal_kl(mean1, log_var1, mean2, log_var2):
+    """KL(N(mean1, exp(log_var1)) || N(mean2, exp(log_var2))), elementwise (two Gaussians)."""
+    return 0.5 * (log_var2 - log_var1 + (log_var1.exp() + (mean1 - mean2).pow(2))
+                  * torch.exp(-log_var2) - 1.0)
+
+
+def normal_log_prob(x, mean, log_var):
+    """log N(x | mean, exp(log_var)), elementwise."""
+    return -0.5 * (math.log(2 * math.pi) + log_var + (x - mean).pow(2) * torch.exp(-log_var))
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z | 0, 1), elementwise."""
+    return -0.5 * (z.pow(2) + math.log(2 * math.pi))
+
+
+def to_8bit(x: torch.Tensor) -> torch.Tensor:
+    """Round values to the nearest of the 256 pixel values k / 255, clamped to [0, 1]."""
+    return (x.clamp(0, 1) * 255).round() / 255
+
+
+def logistic_noise(like: torch.Tensor) -> torch.Tensor:
+    """Standard logistic draws, log(u) - log(1 - u), shaped like `like`."""
+    u = torch.rand_like(like).clamp(1e-5, 1 - 1e-5)
+    return torch.log(u) - torch.log1p(-u)
+
+
+def training_loss(out: ELBO, kl_weight: float = 1.0, free_bits: float = 0.0) -> torch.Tensor:
+    """The minimised objective: -(reconstruction - kl_weight * KL), averaged over the batch.
+
+    With free_bits > 0 the KL of each latent unit (each dimension, or each group of a
+    hierarchical model), averaged over the batch, is not penalised below free_bits nats."""
+    kl = out.kl
+    if free_bits > 0:
+        kl = out.kl_per_dim.mean(0).clamp(min=free_bits).sum().expand_as(out.kl)
+    return -(out.reconstruction - kl_weight * kl).mean()

@@ -12,7 +12,7 @@ import sys
 
 import nbformat
 
-KERNELSPEC = {"name": "python3", "display_name": "Python 3", "language": "python"}
+KERNELSPEC = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
 WIDGET = "application/vnd.jupyter.widget-view+json"
 
 

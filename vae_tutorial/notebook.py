@@ -1,18 +1,18 @@
-"""What the first cell of every notebook needs: the fast-mode switch and a provenance line."""
+"""What the notebooks' cells need, and nothing else imports: the fast-mode switch, a provenance
+line, and the trained model of the full run."""
 
 from __future__ import annotations
 
-import os
-import platform
 import warnings
 from pathlib import Path
 
 import torch
 
-from .config import fast_mode
-from .data import PartialDatasetWarning, checkout_dir, default_root, env_flag
+from . import runtime
+from .config import TrainConfig, preset
+from .data import PartialDatasetWarning
 
-FAST = fast_mode()  # VAE_TUTORIAL_FAST=1: a few hundred images, seconds per notebook
+FAST = runtime.fast_mode()  # fast mode: a few hundred images, seconds per notebook
 
 
 def setup(seed: int = 0) -> dict:
@@ -22,67 +22,61 @@ def setup(seed: int = 0) -> dict:
     return provenance()
 
 
-def hardware() -> str:
-    """A short description of the machine: CPU cores (and native bf16) or the GPU name."""
-    from .train import cpu_bf16_supported
-
-    if torch.cuda.is_available():
-        return f"GPU {torch.cuda.get_device_name(0)}"
-    bf16 = ", native bf16" if cpu_bf16_supported() else ""
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores{bf16}"
-
-
-def provenance() -> dict:
-    """Versions, device, data copy and mode of this run, as a dict (printed by notebooks)."""
+def provenance(config: TrainConfig | None = None) -> dict:
+    """Versions, device, data copies and mode of this session, as a dict (printed by notebooks)."""
     import torchvision
 
-    root = default_root()
+    cfg = config or preset()
+    device = runtime.pick_device()
     return {
         "torch": torch.__version__.split("+")[0],
         "torchvision": torchvision.__version__.split("+")[0],
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-        "hardware": hardware(),
-        "data": Path(root).resolve().name,
-        "partial data allowed": env_flag("VAE_TUTORIAL_ALLOW_PARTIAL"),
-        "mode": "fast (VAE_TUTORIAL_FAST=1)" if FAST else "full",
+        "device": device.type,
+        "hardware": runtime.hardware(device),
+        "train data": Path(cfg.data).name,
+        "test data": Path(cfg.test_data).name,
+        "partial data allowed": cfg.allow_partial,
+        "mode": f"fast ({runtime.FAST_ENV}=1)" if runtime.fast_mode() else "full",
+        "preset": cfg.preset,
     }
 
 
-def run_dir() -> Path:
-    """Where notebooks 5 and 6 keep the model: runs/notebook-fast in fast mode, else
-    $VAE_TUTORIAL_RUN or runs/conv-cpu (the full run of `make tutorial`)."""
-    if FAST:
-        return checkout_dir() / "runs" / "notebook-fast"
-    return Path(os.environ.get("VAE_TUTORIAL_RUN") or checkout_dir() / "runs" / "conv-cpu")
+def train_command(cfg: TrainConfig) -> str:
+    """The command line that trains (or finishes) the run of `cfg`."""
+    model = "" if cfg.model.kind == "conv" else f" --model {cfg.model.kind}"
+    return f"python -m vae_tutorial train --preset {cfg.preset}{model} --resume"
 
 
-def committed_weights() -> Path:
-    """The full CPU run's half-precision weights, committed with the repository."""
-    return checkout_dir() / "results" / "conv-cpu" / "model-fp16.pt"
+def load_run(config: TrainConfig | None = None):
+    """The trained model of `config`'s run: (model in eval mode, history, checkpoint, source).
 
-
-def train_or_load(config, directory: Path | None = None):
-    """Load the run in `directory` (finishing it first if interrupted), or train it there.
-
-    Without a run of your own, the committed weights of the full run (results/conv-cpu) are
-    loaded instead of training for 20 minutes. Returns (model in eval mode, history,
-    checkpoint dict). In fast mode it always trains, so that the notebooks exercise the
-    trainer in seconds.
+    Fast mode trains the tiny fast preset here (seconds). Otherwise nothing is trained in a
+    notebook: the run's own checkpoint is loaded if there is one (finished or not; the source
+    says which), else the half-precision weights committed under results/ for that preset,
+    else those of the cpu preset. Without any of them the error names the command to run.
     """
     from .checkpoint import load_checkpoint, load_model
-    from .config import TrainConfig
     from .train import train
 
-    directory = Path(directory or run_dir())
-    path = directory / "checkpoint.pt"
-    if not FAST and not path.exists() and committed_weights().exists():
-        path = committed_weights()
-    elif path.exists() and not FAST:
+    cfg = config or preset()
+    path = Path(cfg.out_dir) / "checkpoint.pt"
+    if runtime.fast_mode():
+        train(cfg.replace(progress=False))
+        source = f"trained here in fast mode ({cfg.out_dir})"
+    elif path.exists():
         ckpt = load_checkpoint(path)
-        stored = TrainConfig.from_dict(ckpt["config"])
-        if ckpt["epoch"] < stored.epochs:  # interrupted: finish it
-            train(stored.replace(out_dir=str(directory)), resume=True)
+        done = ckpt["epoch"] >= ckpt["config"]["epochs"] or (
+            ckpt["history"] and ckpt["history"][-1].get("partial"))
+        source = f"{path}" + ("" if done else f", interrupted after epoch {ckpt['epoch']}: "
+                              f"finish it with `{train_command(cfg)}`")
     else:
-        train(config.replace(out_dir=str(directory)))
+        folder = f"{cfg.model.kind}-{{}}"
+        candidates = [runtime.results_dir() / folder.format(name) / "model-fp16.pt"
+                      for name in dict.fromkeys((cfg.preset, "cpu"))]
+        path = next((p for p in candidates if p.exists()), None)
+        if path is None:
+            raise FileNotFoundError(f"no run of the {cfg.preset} preset in {cfg.out_dir} and no "
+                                    f"committed weights; train it with `{train_command(cfg)}`")
+        source = f"committed weights {path.relative_to(runtime.checkout_dir())}"
     model, ckpt = load_model(path)
-    return model, ckpt["history"], ckpt
+    return model, ckpt["history"], ckpt, source

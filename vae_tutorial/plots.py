@@ -8,20 +8,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
-from .config import fast_mode
-from .data import checkout_dir
-
-
-def figures_dir() -> Path:
-    """`$VAE_TUTORIAL_FIGURES`, else `figures/` of the checkout (or `./figures`).
-
-    In fast mode the default is `runs/figures-fast/` instead, so that tests and smoke runs
-    never overwrite the committed figures of the full run.
-    """
-    if os.environ.get("VAE_TUTORIAL_FIGURES"):
-        return Path(os.environ["VAE_TUTORIAL_FIGURES"])
-    base = checkout_dir()
-    return base / "runs" / "figures-fast" if fast_mode() else base / "figures"
+from .runtime import figures_dir
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int = 8) -> Path:

@@ -14,7 +14,6 @@ from pathlib import Path
 from .bench import TRAIN_IMAGES
 from .config import preset
 from .model import build_model, count_parameters
-from .train import model_kwargs
 
 
 def _load(path: Path) -> dict | list:
@@ -27,7 +26,7 @@ def _n(x: float) -> str:
 
 
 def _params(model: str) -> str:
-    net = build_model(model, **model_kwargs(preset("cpu")))
+    net = build_model(preset("cpu", kind=model).model)
     return f"{count_parameters(net) / 1e6:.1f} M"
 
 

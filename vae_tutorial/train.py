@@ -2,8 +2,11 @@
 
     history = train(preset("cpu", data="data/cifar10-jpeg"))
 
-Each epoch ends with a test evaluation and an atomic checkpoint (weights, optimizer, RNG
-states, history), so an interrupted run resumes where its last epoch ended.
+In three parts that notebook 5 shows one by one: `setup` builds the run (model, optimizer,
+data on the device, or all of it restored from a checkpoint), `run_epoch` takes the training
+steps of one epoch (`train_step` is one of them), and `end_epoch` evaluates, logs and saves.
+A checkpoint is written atomically at the end of every epoch and, by the clock, in the middle
+of one (with the loader's position), so an interrupted run resumes at the exact step it reached.
 """
 
 from __future__ import annotations
@@ -12,21 +15,21 @@ import csv
 import json
 import math
 import os
-import platform
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import losses
-from .checkpoint import FORMAT, CheckpointError, load_checkpoint, restore_weights, save_atomic
+from . import checkpoint, losses, runtime
 from .config import TrainConfig
 from .data import CifarLoader, load_cifar10
 from .evaluate import evaluate
-from .model import VAE, build_model, model_config
+from .model import build_model
 
 
 class TrainingDiverged(RuntimeError):
@@ -35,54 +38,6 @@ class TrainingDiverged(RuntimeError):
 
 class StopTraining(Exception):
     """Raise from an epoch callback to end training cleanly after that epoch."""
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """cuda, then mps, then cpu for "auto"; otherwise the named device, checked."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available here; "
-                           "use --device cpu or auto")
-    return device
-
-
-def cpu_bf16_supported() -> bool:
-    """Whether this CPU computes bf16 natively: AMX or AVX512-BF16 on x86 (oneDNN's own check
-    also says yes on plain AVX512, where bf16 is emulated and slower than fp32), oneDNN's
-    check elsewhere (Arm)."""
-    try:
-        if platform.machine().lower() in ("x86_64", "amd64"):
-            return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def cuda_bf16_supported() -> bool:
-    """Whether this GPU computes bf16 natively (Ampere and later), not by emulation."""
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # a torch without the argument
-        return torch.cuda.is_bf16_supported()
-
-
-def autocast_enabled(cfg: TrainConfig, device: torch.device) -> bool:
-    """bf16 autocast with cfg.amp, where bf16 is native: GPUs from Ampere on, CPUs with AMX or
-    AVX512-BF16 (elsewhere bf16 is emulated and slower than fp32, so training stays in fp32)."""
-    if device.type == "cuda":
-        return cfg.amp and cuda_bf16_supported()
-    return device.type == "cpu" and cfg.amp and cpu_bf16_supported()
-
-
-def model_kwargs(cfg: TrainConfig) -> dict:
-    return dict(width=cfg.width, latent_dim=cfg.latent_dim, res_blocks=cfg.res_blocks,
-                likelihood=cfg.likelihood, mixtures=cfg.mixtures)
 
 
 def lr_at(cfg: TrainConfig, step: int, total_steps: int, progress: float | None = None) -> float:
@@ -113,7 +68,7 @@ def load_training_data(cfg: TrainConfig):
         ex, ey = load_cifar10(cfg.extra_data, "train", allow_partial=cfg.allow_partial)
         x = torch.cat([x] + [ex] * cfg.extra_repeats)
         y = torch.cat([y] + [ey] * cfg.extra_repeats)
-    tx, ty = load_cifar10(cfg.test_data or cfg.data, "test", allow_partial=cfg.allow_partial)
+    tx, ty = load_cifar10(cfg.test_data, "test", allow_partial=cfg.allow_partial)
     if cfg.test_limit:
         tx, ty = tx[:cfg.test_limit], ty[:cfg.test_limit]
     return x, y, tx, ty
@@ -123,9 +78,219 @@ def _distributed() -> tuple[int, int]:
     """(rank, world_size), initialising the process group when launched by torchrun."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
+
+
+@dataclass
+class Position:
+    """Where a run is: what a checkpoint needs to continue at the exact step."""
+
+    epoch: int = 0  # finished epochs
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0  # optimizer steps taken (skipped ones included)
+    seconds: float = 0.0  # training time so far (evaluation excluded), for time limits
+    epoch_seconds: float = 0.0  # training time of the current epoch so far
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # elbo, rec, kl
+    seen: int = 0  # images of the current epoch so far (this process)
+    skipped: int = 0  # steps of the current epoch skipped for a huge gradient norm
+
+
+@dataclass
+class Run:
+    """A training run in progress: what `setup` builds and each epoch advances."""
+
+    cfg: TrainConfig
+    device: torch.device
+    model: nn.Module  # the model itself
+    net: nn.Module  # what the forward pass runs through: the model, wrapped by DDP / compile
+    opt: torch.optim.Optimizer
+    loader: CifarLoader
+    test_loader: CifarLoader
+    amp_dtype: torch.dtype | None  # bf16 autocast, or None for fp32 (runtime.autocast_dtype)
+    rank: int = 0
+    world: int = 1
+    history: list[dict] = field(default_factory=list)
+    pos: Position = field(default_factory=Position)
+    last_save: float = field(default_factory=time.perf_counter)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return Path(self.cfg.out_dir) / "checkpoint.pt"
+
+    @property
+    def show(self) -> bool:
+        return self.cfg.progress and self.rank == 0
+
+
+def setup(cfg: TrainConfig, resume: bool = False) -> Run:
+    """Build (or, with resume, restore from out_dir/checkpoint.pt) everything a run needs."""
+    rank, world = _distributed()
+    if world > 1 and cfg.time_limit:
+        raise ValueError("time_limit is for single-process runs: under torchrun each rank's "
+                         "clock would stop it at a different step")
+    device = runtime.pick_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda")  # one kernel for all parameters
+    history, pos = [], Position()
+    ckpt_path = Path(cfg.out_dir) / "checkpoint.pt"
+    if resume:
+        state = checkpoint.resume(ckpt_path, model, opt, device)
+        history, pos = state["history"], Position(**state["position"])
+    else:
+        torch.manual_seed(cfg.seed + 1000 * rank)  # distinct sampling noise per process
+
+    x, y, tx, ty = load_training_data(cfg)
+    # drop_last: BatchNorm's statistics of a very short last batch are noise, and every image
+    # is still visited, since each epoch's order differs.
+    loader = CifarLoader(x, y, batch_size=cfg.batch_size, device=device, shuffle=True,
+                         drop_last=True, seed=cfg.seed, channels_last=channels_last,
+                         rank=rank, world_size=world)
+    if len(loader) == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(x)} training images")
+    test_loader = CifarLoader(tx, ty, batch_size=500, device=device, shuffle=False,
+                              channels_last=channels_last)
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        net = torch.compile(net)
+    run = Run(cfg, device, model, net, opt, loader, test_loader,
+              runtime.autocast_dtype(device, cfg.amp), rank, world, history, pos)
+    if run.show:
+        where = f"from epoch {pos.epoch + 1}, step {pos.step}" if resume else "from scratch"
+        tqdm.write(f"training {cfg.model.kind} ({cfg.preset} preset, {len(x):,} images, "
+                   f"{'bf16' if run.amp_dtype else 'fp32'} on {device}) {where} in {cfg.out_dir}")
+    return run
+
+
+def train_step(run: Run, x: torch.Tensor, lr: float, kl_weight: float):
+    """One optimizer step on the batch x: (ELBO terms, gradient norm before clipping).
+
+    No host sync unless grad_skip is set (then one, to decide whether to skip)."""
+    cfg, opt = run.cfg, run.opt
+    for g in opt.param_groups:
+        g["lr"] = lr
+    with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32,
+                        enabled=run.amp_dtype is not None):
+        out = run.net(x)
+    loss = losses.training_loss(out, kl_weight, cfg.free_bits)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    if cfg.grad_skip is not None and not gnorm <= cfg.grad_skip:  # also skips NaN norms
+        run.pos.skipped += 1
+    else:
+        opt.step()
+    return out, torch.where(torch.isfinite(loss), gnorm, loss.detach())
+
+
+def _save(run: Run) -> None:
+    if run.rank == 0:
+        checkpoint.save_training(run.ckpt_path, config=run.cfg, model=run.model, optimizer=run.opt,
+                                 position=vars(run.pos), history=run.history, device=run.device)
+    run.last_save = time.perf_counter()
+
+
+def run_epoch(run: Run) -> dict | None:
+    """The training steps of epoch run.pos.epoch, from run.pos.batch on; returns the epoch's
+    training averages, or None when the time limit ran out before its first step."""
+    cfg, pos, model = run.cfg, run.pos, run.model
+    steps_per_epoch = len(run.loader)
+    total_steps = steps_per_epoch * cfg.epochs
+    budget = 60 * cfg.time_limit if cfg.time_limit else None  # seconds of training
+    run.loader.set_epoch(pos.epoch, skip=pos.batch)
+    model.train()
+    sums = torch.tensor(pos.sums, device=run.device)  # elbo, reconstruction, kl over images
+    nonfinite = torch.zeros((), dtype=torch.bool, device=run.device)
+    out_of_time, lr, kl_w = False, cfg.lr, cfg.beta
+    bar = tqdm(run.loader, desc=f"epoch {pos.epoch + 1}/{cfg.epochs}", disable=not run.show,
+               leave=False, mininterval=1.0, initial=pos.batch, total=steps_per_epoch)
+    t0 = time.perf_counter() - pos.epoch_seconds
+    for i, (xb, _) in enumerate(bar, start=pos.batch):
+        progress = None
+        if budget:  # the schedule follows the clock; stop when the time is up
+            progress = (pos.seconds + time.perf_counter() - t0) / budget
+            if progress >= 1.0:
+                out_of_time = True
+                break
+        lr = lr_at(cfg, pos.step, total_steps, progress)
+        kl_w = kl_weight_at(cfg, pos.epoch + i / steps_per_epoch)
+        out, gnorm = train_step(run, xb, lr, kl_w)
+        nonfinite |= ~torch.isfinite(gnorm)
+        sums += torch.stack([out.elbo.sum(), out.reconstruction.sum(), out.kl.sum()]).detach()
+        pos.seen += len(xb)
+        pos.step += 1
+        pos.batch = i + 1
+        if (i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch:
+            if bool(nonfinite):  # one host sync every log_every steps, not every step
+                raise TrainingDiverged(
+                    f"loss or gradient became NaN/inf at epoch {pos.epoch + 1}, step {pos.step}."
+                    f" {run.ckpt_path} (last good state) was left untouched. Try a lower lr "
+                    f"(now {cfg.lr:g}) or grad_clip (now {cfg.grad_clip:g}).")
+            pos.sums = sums.tolist()
+            pos.epoch_seconds = time.perf_counter() - t0
+            if run.show:
+                bar.set_postfix(bpd=f"{losses.bits_per_dim(pos.sums[0] / pos.seen):.3f}",
+                                kl=f"{pos.sums[2] / pos.seen:.1f}")
+            due = time.perf_counter() - run.last_save >= 60 * cfg.checkpoint_minutes
+            if due and i + 1 < steps_per_epoch:
+                _save(run)  # mid-epoch: the loader's position, accumulators and RNG too
+    bar.close()
+    seconds = time.perf_counter() - t0
+    if pos.seen == 0:
+        return None
+    totals = sums.clone()
+    seen = pos.seen
+    if run.world > 1:
+        dist.all_reduce(totals)
+        seen *= run.world
+    tr = (totals / seen).tolist()
+    return {"epoch": pos.epoch + 1, "partial": out_of_time,
+            "train_elbo": tr[0], "train_reconstruction": tr[1], "train_kl": tr[2],
+            "train_bpd": losses.bits_per_dim(tr[0]), "lr": lr, "kl_weight": kl_w,
+            "precision": "bf16" if run.amp_dtype == torch.bfloat16 else "fp32",
+            "seconds": seconds, "images_per_second": seen / seconds, "skipped": pos.skipped}
+
+
+def end_epoch(run: Run, record: dict) -> dict:
+    """Evaluate on the test images, append the record to the history, save, report."""
+    pos = run.pos
+    record = {"step": pos.step, **record}
+    if run.rank == 0:
+        ev = evaluate(run.model, run.test_loader)
+        record.update(test_elbo=ev.elbo, test_reconstruction=ev.reconstruction,
+                      test_kl=ev.kl, test_bpd=ev.bits_per_dim)
+    run.history.append(record)
+    pos.epoch, pos.batch, pos.seen, pos.skipped = record["epoch"], 0, 0, 0
+    pos.seconds += record["seconds"]
+    pos.epoch_seconds, pos.sums = 0.0, [0.0, 0.0, 0.0]
+    _save(run)
+    if run.rank == 0:
+        _write_history(Path(run.cfg.out_dir), run.history)
+        if run.show:
+            tqdm.write(f"epoch {record['epoch']}: train {record['train_bpd']:.3f} bits/dim, "
+                       f"test {record['test_bpd']:.3f} bits/dim, KL {record['train_kl']:.1f} "
+                       f"nats, {record['images_per_second']:.0f} img/s")
+    if run.world > 1:
+        dist.barrier()
+    return record
 
 
 def _write_history(out_dir: Path, history: list[dict]) -> None:
@@ -140,157 +305,23 @@ def _write_history(out_dir: Path, history: list[dict]) -> None:
 
 
 def train(config: TrainConfig, resume: bool = False,
-          callback: Callable[[dict, VAE], None] | None = None) -> list[dict]:
+          callback: Callable[[dict, nn.Module], None] | None = None) -> list[dict]:
     """Train a VAE as `config` says; returns the per-epoch history (also in history.json).
 
-    resume: continue from out_dir/checkpoint.pt (its weights, optimizer, RNG and history).
+    resume: continue from out_dir/checkpoint.pt, at the exact step it holds.
     callback(record, model) runs after every epoch's checkpoint; it may raise StopTraining.
     """
-    cfg = config
-    rank, world = _distributed()
-    if world > 1 and cfg.time_limit:
-        raise ValueError("time_limit is for single-process runs: under torchrun each rank's "
-                         "clock would stop it at a different step")
-    device = pick_device(cfg.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(device)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
-    amp = autocast_enabled(cfg, device)
-    out_dir = Path(cfg.out_dir)
-    ckpt_path = out_dir / "checkpoint.pt"
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, **model_kwargs(cfg)).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=device.type == "cuda")  # one kernel for all parameters
-    history: list[dict] = []
-    start_epoch, step = 0, 0
-    if resume:
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-        if ckpt["model_config"] != model_config(model):
-            raise CheckpointError(f"{ckpt_path}: was trained with {ckpt['model_config']}, "
-                                  f"which differs from this run's {model_config(model)}")
-        restore_weights(model, ckpt, ckpt_path)
-        opt.load_state_dict(ckpt["optimizer"])
-        start_epoch, step, history = ckpt["epoch"], ckpt["step"], list(ckpt["history"])
-        torch.set_rng_state(ckpt["rng_cpu"])
-        if device.type == "cuda" and ckpt.get("rng_cuda") is not None:
-            torch.cuda.set_rng_state(ckpt["rng_cuda"])
-    else:
-        torch.manual_seed(cfg.seed + 1000 * rank)  # distinct sampling noise per process
-
-    x, y, tx, ty = load_training_data(cfg)
-    loader = CifarLoader(x, y, batch_size=cfg.batch_size, device=device, shuffle=True,
-                         drop_last=True, seed=cfg.seed, channels_last=channels_last,
-                         rank=rank, world_size=world)
-    if len(loader) == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(x)} training images")
-    test_loader = CifarLoader(tx, ty, batch_size=500, device=device, shuffle=False,
-                              channels_last=channels_last)
-    steps_per_epoch, total_steps = len(loader), len(loader) * cfg.epochs
-
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
-    show = cfg.progress and rank == 0
-    started = time.perf_counter()
-
-    budget = 60 * cfg.time_limit if cfg.time_limit else None  # seconds of training
-    out_of_time = False
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        loader.set_epoch(epoch)
-        model.train()
-        sums = torch.zeros(3, device=device)  # elbo, reconstruction, kl summed over images
-        nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-        seen = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show,
-                   leave=False, mininterval=1.0)
-        for i, (xb, _) in enumerate(bar):
-            progress = None
-            if budget:  # the schedule follows the clock; stop when the time is up
-                progress = (time.perf_counter() - started) / budget
-                if progress >= 1.0:
-                    out_of_time = True
-                    break
-            lr = lr_at(cfg, step, total_steps, progress)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            kl_w = kl_weight_at(cfg, epoch + i / steps_per_epoch)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out = net(xb)
-            kl_pen = out.kl
-            if cfg.free_bits > 0:
-                kl_pen = out.kl_per_dim.mean(0).clamp(min=cfg.free_bits).sum().expand_as(out.kl)
-            loss = -(out.reconstruction - kl_w * kl_pen).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            nonfinite |= ~torch.isfinite(loss) | ~torch.isfinite(gnorm)
-            opt.step()
-            sums += torch.stack([out.elbo.sum(), out.reconstruction.sum(), out.kl.sum()]).detach()
-            seen += len(xb)
-            step += 1
-            if (i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch:
-                if bool(nonfinite):  # one host sync every log_every steps, not every step
-                    last = f"epoch {start_epoch if not history else history[-1]['epoch']}"
-                    raise TrainingDiverged(
-                        f"loss or gradient became NaN/inf at epoch {epoch + 1}, step {step}. "
-                        f"{ckpt_path} (last good: {last}) was left untouched. Try a lower "
-                        f"--lr (now {cfg.lr:g}) or --grad-clip (now {cfg.grad_clip:g}).")
-                if show:
-                    bar.set_postfix(bpd=f"{losses.bits_per_dim(sums[0].item() / seen):.3f}",
-                                    kl=f"{sums[2].item() / seen:.1f}")
-        train_time = time.perf_counter() - t0
-        if seen == 0:  # the time ran out before this epoch's first step
+    run = setup(config, resume)
+    while run.pos.epoch < config.epochs:
+        record = run_epoch(run)
+        if record is None:  # the time ran out before this epoch's first step
             break
-        if world > 1:
-            dist.all_reduce(sums)
-            seen *= world
-        tr = (sums / seen).tolist()
-        record = {"epoch": epoch + 1, "step": step, "partial": out_of_time,
-                  "train_elbo": tr[0], "train_reconstruction": tr[1], "train_kl": tr[2],
-                  "train_bpd": losses.bits_per_dim(tr[0])}
-        if rank == 0:
-            ev = evaluate(model, test_loader)
-            record.update(test_elbo=ev.elbo, test_reconstruction=ev.reconstruction,
-                          test_kl=ev.kl, test_bpd=ev.bits_per_dim)
-        record.update(lr=lr, kl_weight=kl_w, precision="bf16" if amp else "fp32",
-                      seconds=train_time,
-                      images_per_second=seen / train_time)
-        history.append(record)
-        if rank == 0:
-            save_atomic({
-                "format": FORMAT, "config": cfg.to_dict(), "model_config": model_config(model),
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "epoch": epoch + 1, "step": step, "history": history,
-                "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None,
-            }, ckpt_path)
-            _write_history(out_dir, history)
-            if show:
-                tqdm.write(f"epoch {epoch + 1}: train {record['train_bpd']:.3f} bits/dim, "
-                           f"test {record['test_bpd']:.3f} bits/dim, KL {tr[2]:.1f} nats, "
-                           f"{record['images_per_second']:.0f} img/s")
-        if world > 1:
-            dist.barrier()
+        record = end_epoch(run, record)
         if callback is not None:
             try:
-                callback(record, model)
+                callback(record, run.model)
             except StopTraining:
                 break
-        if out_of_time:
+        if record["partial"]:
             break
-    return history
+    return run.history

@@ -1,0 +1,154 @@
+"""Where and on what the tutorial runs: environment switches, folders, device, precision.
+
+Every environment variable the package reads is named here, once (the *_ENV constants), and
+read here alone. Everything else asks these functions.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+DATA_ENV = "VAE_TUTORIAL_DATA"  # folder holding cifar-10-batches-py/ (default: data/)
+ALLOW_PARTIAL_ENV = "VAE_TUTORIAL_ALLOW_PARTIAL"  # 1: accept a copy failing the official md5s
+FAST_ENV = "VAE_TUTORIAL_FAST"  # 1: fast mode, a few hundred images and a tiny network
+PRESET_ENV = "VAE_TUTORIAL_PRESET"  # the preset notebooks show (default: gpu on CUDA, else cpu)
+FIGURES_ENV = "VAE_TUTORIAL_FIGURES"  # where figures go (default: figures/, fast: runs/...)
+TRUE = {"1", "true", "yes", "on"}  # values that switch a flag on
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in TRUE
+
+
+def fast_mode() -> bool:
+    """Fast mode (FAST_ENV=1): notebooks and the CLI use a few hundred images, a tiny network."""
+    return _flag(FAST_ENV)
+
+
+def allow_partial() -> bool:
+    """ALLOW_PARTIAL_ENV=1: a copy that fails the official checksums may be loaded."""
+    return _flag(ALLOW_PARTIAL_ENV)
+
+
+# --- folders ----------------------------------------------------------------------------------
+
+def checkout_dir() -> Path:
+    """The project checkout (where data/, runs/ and figures/ live), or the working directory."""
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+def data_root() -> Path:
+    """DATA_ENV's folder, else data/ in the checkout: the folder holding cifar-10-batches-py/."""
+    env = os.environ.get(DATA_ENV, "").strip()
+    return Path(env).expanduser().resolve() if env else checkout_dir() / "data"
+
+
+def test_root(train_root: str | os.PathLike) -> Path:
+    """The test split's root when none is given: DATA_ENV's folder if set, else train_root.
+
+    So `--data` alone trains and tests on one copy, while an offline machine that points
+    DATA_ENV at the exact subset keeps its likelihoods on the exact images."""
+    env = os.environ.get(DATA_ENV, "").strip()
+    return Path(env).expanduser().resolve() if env else Path(train_root)
+
+
+def runs_dir() -> Path:
+    """runs/ in the checkout: checkpoints and histories of training runs (not committed)."""
+    return checkout_dir() / "runs"
+
+
+def results_dir() -> Path:
+    """results/ in the checkout: the committed measurements (histories, evaluations, weights)."""
+    return checkout_dir() / "results"
+
+
+def figures_dir() -> Path:
+    """FIGURES_ENV's folder, else figures/ of the checkout; in fast mode runs/figures-fast/,
+    so that tests and smoke runs never overwrite the committed figures of the full run."""
+    env = os.environ.get(FIGURES_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return runs_dir() / "figures-fast" if fast_mode() else checkout_dir() / "figures"
+
+
+def preset_name() -> str:
+    """The preset that notebooks show: fast in fast mode, else PRESET_ENV's, else gpu on a CUDA
+    machine and cpu elsewhere."""
+    if fast_mode():
+        return "fast"
+    return os.environ.get(PRESET_ENV, "").strip() or ("gpu" if torch.cuda.is_available() else "cpu")
+
+
+# --- device and precision -----------------------------------------------------------------------
+
+def pick_device(name: str = "auto") -> torch.device:
+    """cuda, then mps, then cpu for "auto"; otherwise the named device, checked."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a torch device; use auto, cpu, cuda, cuda:N "
+                         "or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available here; "
+                         "use --device cpu or auto")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                     and torch.backends.mps.is_available()):
+        raise ValueError(f"device {name!r} requested but MPS is not available here")
+    return device
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports in /proc/cpuinfo (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    m = re.search(r"^(?:flags|Features)\s*:(.*)$", text, re.M)
+    return set(m.group(1).split()) if m else set()
+
+
+def cpu_bf16_native() -> bool:
+    """Whether this CPU computes bf16 natively: AMX or AVX512-BF16 on x86, BF16 on Arm (as
+    Linux reports them). With plain AVX512 oneDNN emulates bf16, slower than fp32."""
+    return bool({"amx_bf16", "avx512_bf16", "bf16"} & cpu_flags())
+
+
+def cuda_bf16_native() -> bool:
+    """Whether this GPU computes bf16 natively (Ampere and later), not by emulation."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # a torch without the argument
+        return torch.cuda.is_bf16_supported()
+
+
+def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
+    """The precision policy: bf16 autocast where bf16 is native (Ampere+ GPUs, AMX/AVX512-BF16
+    CPUs) and amp is on; None (fp32) elsewhere, where emulated bf16 would be slower."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if cuda_bf16_native() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_bf16_native() else None
+    return None
+
+
+def hardware(device: torch.device | None = None) -> str:
+    """A short description of the machine: the GPU's name, or the CPU's cores and native bf16."""
+    device = device or pick_device()
+    if device.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(device)}"
+    bf16 = ", native bf16" if cpu_bf16_native() else ""
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores{bf16}"
