@@ -24,11 +24,12 @@ export VAE_TUTORIAL_DATA
 endif
 export VAE_TUTORIAL_ALLOW_PARTIAL
 export VAE_TUTORIAL_FAST
+# The notebooks show the preset make trained.
 ifdef PRESET
-export VAE_TUTORIAL_PRESET := $(PRESET)  # the notebooks show the same preset
+export VAE_TUTORIAL_PRESET := $(PRESET)
 endif
-RUN_ARGS := $(if $(PRESET),--preset $(PRESET)) $(if $(TRAIN_DATA),--data $(abspath $(TRAIN_DATA))) \
-            $(if $(EXTRA_DATA),--set extra_data=$(abspath $(EXTRA_DATA)))
+DATA_ARGS := $(if $(PRESET),--preset $(PRESET)) $(if $(TRAIN_DATA),--data $(abspath $(TRAIN_DATA)))
+RUN_ARGS  := $(DATA_ARGS) $(if $(EXTRA_DATA),--set extra_data=$(abspath $(EXTRA_DATA)))
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
 .PHONY: tutorial test venv data train evaluate hvae notebooks compare sweep jpeg-copy results \
@@ -65,9 +66,10 @@ train: venv
 evaluate: venv
 	$(VAE) evaluate $(if $(PRESET),--preset $(PRESET)) -k 100
 
-# The hierarchical VAE of notebook 8 (the cpu preset trains for at most 30 minutes).
+# The hierarchical VAE of notebook 8 (the cpu preset trains for at most 30 minutes), on the
+# main data root alone (VAE_TUTORIAL_DATA or data/): no TRAIN_DATA or EXTRA_DATA mix.
 hvae: venv
-	$(VAE) train --model hvae $(RUN_ARGS) --resume
+	$(VAE) train --model hvae $(if $(PRESET),--preset $(PRESET)) --resume
 	$(VAE) evaluate --model hvae $(if $(PRESET),--preset $(PRESET)) -k 100
 
 # The seed's network trained for the same wall time as ConvVAE, same data and likelihood.
@@ -75,9 +77,10 @@ compare: venv
 	$(VAE) train --model seed --match-time conv --set epochs=100 $(RUN_ARGS) --resume
 	$(VAE) evaluate --model seed $(if $(PRESET),--preset $(PRESET)) -k 100
 
-# Notebook 7's rate-distortion sweep: the small `sweep` configuration at five values of beta.
+# Notebook 7's rate-distortion sweep: the small `sweep` preset at five values of beta and two
+# collapse counter-measures, on the main data root's first 5,085 training images.
 sweep: venv
-	$(BIN)/python -m vae_tutorial.sweep $(RUN_ARGS)
+	$(BIN)/python -m vae_tutorial.sweep
 
 notebooks: venv
 	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
@@ -87,17 +90,19 @@ notebooks: venv
 	done
 	$(BIN)/python -m vae_tutorial.nbclean $(NOTEBOOKS)
 
-# Maintainers: record the finished runs under results/ and regenerate the README's tables.
+# Maintainers: record the finished runs under results/ and regenerate the README's tables
+# (each line skips, with one line of error, a run this machine has not made).
 results: venv
-	$(VAE) results --weights $(if $(PRESET),--preset $(PRESET))
+	-$(VAE) results --weights $(if $(PRESET),--preset $(PRESET))
 	-$(VAE) results --model seed $(if $(PRESET),--preset $(PRESET))
 	-$(VAE) results --model hvae --weights $(if $(PRESET),--preset $(PRESET))
 
 # Maintainers: the README's Performance tables, measured on this machine (a few minutes).
 bench: venv
-	$(VAE) bench $(RUN_ARGS) --iwae-images 20 --json results/bench-cpu.json
-	$(VAE) bench --loading-only $(RUN_ARGS) --repeats 3 --json results/bench-loading-cpu.json
+	$(VAE) bench $(DATA_ARGS) --iwae-images 20 --json results/bench-cpu.json
+	$(VAE) bench --loading-only $(DATA_ARGS) --repeats 3 --json results/bench-loading-cpu.json
 	$(VAE) report --write README.md
 
+# Fast-mode leftovers only: runs/*-fast, the fast sweep and figures; full runs are kept.
 clean:
-	rm -rf runs/conv-fast runs/figures-fast .pytest_cache
+	rm -rf runs/*-fast runs/sweep-fast runs/figures-fast .pytest_cache

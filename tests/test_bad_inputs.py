@@ -68,7 +68,8 @@ def argument_cases() -> list[tuple[str, str, str]]:
             kind = getattr(action.type, "kind", None)
             if kind is None or not action.option_strings:
                 continue
-            for value in _bad_numbers(kind, action.type.lo, action.type.hi):
+            for value in _bad_numbers(kind, action.type.lo, action.type.hi,
+                                      action.type.open_lo):
                 cases.append((name, action.option_strings[-1], value))
     return cases
 

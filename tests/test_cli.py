@@ -145,3 +145,12 @@ def test_committed_weights_reproduce_their_evaluation(tmp_path, env):
     assert now["images"] == stored["images"] == 1017 and now["data"] == stored["data"]
     assert abs(now["elbo"] - stored["elbo"]) < 1.5  # nats per image, of about 11,100
     assert abs(now["iwae"] - stored["iwae"]) < 1.5
+
+
+def test_lost_in_16_bits_counts_underflow_and_overflow():
+    """fp16 flushes 1e-9 to zero and overflows 1e5; bf16 keeps both (fp32's exponent range)."""
+    from vae_tutorial.bench import lost_in
+
+    v = torch.tensor([1e-9, 1e-3, 1.0, 1e5, 0.0])  # the zero is not counted
+    assert lost_in(v, torch.float16) == {"underflow": 0.25, "overflow": 0.25}
+    assert lost_in(v, torch.bfloat16) == {"underflow": 0.0, "overflow": 0.0}

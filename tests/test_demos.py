@@ -175,14 +175,37 @@ def test_elbo_gradient_estimators_are_unbiased(linear):
     exact = demos.exact_elbo_gradient(model, x1)
     eps = torch.randn(100_000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
     variances = {}
-    for name in ("reparam", "score"):
-        g = demos.elbo_gradient_samples(model, x1, eps, name)
+    baseline = model.log_marginal(x1).item()
+    for name in demos.ESTIMATORS:
+        g = demos.elbo_gradient_samples(model, x1, eps, name, baseline=baseline)
         se = g.std(0) / math.sqrt(len(eps))
         assert ((g.mean(0) - exact).abs() < 5 * se).all(), name
         variances[name] = g.var(0)
     assert (variances["score"] > variances["reparam"]).all()
+    assert (variances["score-baseline"] < variances["score"]).all()
     with pytest.raises(ValueError):
         demos.elbo_gradient_samples(model, x1, eps, "pathwise")
+
+
+def test_at_the_exact_posterior_baseline_and_stl_have_no_variance(linear):
+    """At q = p(z|x), g(z) = log p(x) for every z: the score estimator is log p(x) grad log q,
+    its variance (log p(x))^2 times that of grad log q, whose c-part is eps / sigma, so the
+    reparameterization gradient's variance is 1 / sigma^2; with the baseline log p(x), and
+    with sticking the landing, every draw is exactly zero."""
+    model, x = linear
+    model.set_encoder_to_posterior()
+    x1 = x[:1]
+    log_px = model.log_marginal(x1).item()
+    eps = torch.randn(50_000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    draws = {name: demos.elbo_gradient_samples(model, x1, eps, name, baseline=log_px)
+             for name in demos.ESTIMATORS}
+    assert draws["score-baseline"].abs().max() < 1e-9
+    assert draws["stl"].abs().max() < 1e-9
+    ratio = draws["score"].var(0) / draws["reparam"].var(0)
+    torch.testing.assert_close(ratio, torch.full_like(ratio, log_px ** 2), rtol=1e-6, atol=0)
+    sigma2 = model.q_log_var.detach().exp()
+    torch.testing.assert_close(draws["reparam"][:, :2].var(0) * sigma2, torch.ones(2,
+                               dtype=torch.float64), rtol=0.03, atol=0)
 
 
 # --- 04 -----------------------------------------------------------------------------------------

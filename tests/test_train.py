@@ -29,7 +29,7 @@ def cfg(subset_root, tmp_path):
 
 
 def test_presets_exist_and_fast_is_small():
-    assert set(PRESETS) == {"fast", "cpu", "gpu"}
+    assert set(PRESETS) == {"fast", "cpu", "gpu", "sweep"}
     fast, cpu, gpu = preset("fast"), preset("cpu"), preset("gpu")
     assert fast.train_limit is not None and fast.train_limit <= 1000
     assert cpu.train_limit is None and gpu.train_limit is None
@@ -368,16 +368,35 @@ def test_checkpoints_by_the_clock_only_when_due(cfg, monkeypatch):
     assert len(saves) == 3  # 6 steps: syncs after 2 and 4 mid-epoch, then the epoch's end
 
 
-def test_grad_skip_skips_huge_updates_and_counts_them(cfg):
-    """grad_skip below every gradient norm skips every step: the weights never move, and the
-    history counts the skipped steps."""
-    torch.manual_seed(cfg.seed)
-    from vae_tutorial.model import build_model
+def test_grad_skip_skips_huge_updates_and_counts_them(cfg, monkeypatch):
+    """Steps whose gradient norm exceeds grad_skip change nothing and are counted; a run in
+    which every step is skipped stops with a clear error instead of pretending to train."""
+    real, calls = torch.nn.utils.clip_grad_norm_, []
 
-    initial = build_model(cfg.model).state_dict()
-    history = train(cfg.replace(epochs=1, grad_skip=1e-6))
-    assert history[-1]["skipped"] == 6
-    final = load_checkpoint(Path(cfg.out_dir) / "checkpoint.pt")["model"]
-    assert all(torch.equal(initial[k], final[k]) for k in initial if "running" not in k
-               and "num_batches" not in k)
-    assert train(cfg.replace(epochs=1, out_dir=cfg.out_dir + "-b"))[-1]["skipped"] == 0
+    def every_other_step_huge(params, max_norm):
+        norm = real(params, max_norm)
+        calls.append(1)
+        return norm * 1e12 if len(calls) % 2 else norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", every_other_step_huge)
+    history = train(cfg.replace(epochs=1, grad_skip=1e9))
+    assert history[-1]["skipped"] == 3  # steps 1, 3 and 5 of 6
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", real)
+    with pytest.raises(TrainingDiverged, match="every step of epoch 1 was skipped.*grad_skip"):
+        train(cfg.replace(epochs=1, grad_skip=1e-6, out_dir=cfg.out_dir + "-all"))
+    assert not (Path(cfg.out_dir + "-all") / "checkpoint.pt").exists()
+
+
+def test_free_bits_and_kl_warm_up_act_in_the_trainer(cfg):
+    """Free bits remove the KL's pressure below the threshold: at beta = 10 the units keep far
+    more KL with 50 free nats each than without. The warm-up ramps the KL weight over its
+    epochs (the history records the weight at each epoch's end), and is off at 0."""
+    base = cfg.replace(epochs=6, beta=10.0, kl_warmup_epochs=0.0, lr=5e-3)
+    squeezed = train(base)
+    free = train(base.replace(free_bits=50.0, out_dir=cfg.out_dir + "-free"))
+    assert free[-1]["test_kl"] > 2 * squeezed[-1]["test_kl"]
+    assert all(h["kl_weight"] == 10.0 for h in squeezed)
+    warm = train(cfg.replace(epochs=3, beta=2.0, kl_warmup_epochs=2.0,
+                             out_dir=cfg.out_dir + "-warm"))
+    weights = [h["kl_weight"] for h in warm]
+    assert 0.5 < weights[0] < 1.0 and weights[1] < 2.0 and weights[2] == 2.0

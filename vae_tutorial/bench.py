@@ -40,24 +40,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_training(model, batches, device, steps: int, repeats: int, amp: bool,
-                  compile_model: bool = False, fused: bool | None = None) -> list[float]:
+def time_training(model, batches, device, steps: int, repeats: int,
+                  dtype: torch.dtype | None = None, compile_model: bool = False,
+                  fused: bool | None = None, scaler: bool = False,
+                  sync_each_step: bool = False) -> list[float]:
     """Images/s of `repeats` blocks of `steps` optimizer steps, after 3 warm-up steps.
-    `fused` Adam defaults to the project's choice (on CUDA); the seed's row passes False."""
+
+    dtype: autocast to bf16 or fp16 (None: fp32); scaler: fp16's GradScaler; sync_each_step:
+    read the loss on the host after every step (`.item()`), as a naive loop does. `fused` Adam
+    defaults to the project's choice (on CUDA); the seed's row passes False."""
     model.to(device).train()
     net = torch.compile(model) if compile_model else model
-    fused = device.type == "cuda" if fused is None else fused
+    fused = runtime.fused_adam(device) if fused is None else fused
     opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused)
+    grad_scaler = torch.amp.GradScaler(device.type, enabled=scaler)
 
     def step():
         x, _ = next(batches)
         x = x.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = net(x)
         loss = -out.elbo.mean()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        grad_scaler.scale(loss).backward()
+        grad_scaler.step(opt)
+        grad_scaler.update()
+        if sync_each_step:
+            loss.item()
         return len(x)
 
     for _ in range(3):
@@ -70,6 +79,29 @@ def time_training(model, batches, device, steps: int, repeats: int, amp: bool,
         _sync(device)
         rates.append(n / (time.perf_counter() - t0))
     return rates
+
+
+def lost_in(values: torch.Tensor, dtype: torch.dtype) -> dict:
+    """What casting fp32 values to a 16-bit type loses: the fraction of nonzero values that
+    become 0 (underflow) and that become inf (overflow). fp16 keeps 10 mantissa bits but only
+    5 exponent bits (smallest subnormal 6e-8, largest 65504); bf16 keeps fp32's 8 exponent
+    bits, so it under- and overflows exactly where fp32 does."""
+    v = values.detach().float().flatten()
+    v = v[v != 0]
+    cast = v.to(dtype)
+    return {"underflow": float((cast == 0).float().mean()),
+            "overflow": float(torch.isinf(cast).float().mean())}
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory so far: allocated tensors on CUDA (torch.cuda.max_memory_allocated), the
+    process's peak resident memory on a CPU (Linux: ru_maxrss is in KiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
 
 
 def time_iwae(model, x, k: int, repeats: int, device, chunk: int | None) -> list[float]:
@@ -139,13 +171,12 @@ def _forever(loader):
 
 def run_bench(args, cfg: TrainConfig) -> int:
     """The `bench` command: print a table and write it as JSON. cfg gives the data roots."""
-    device = runtime.pick_device(args.device)
-    cuda = device.type == "cuda"
+    device = runtime.pick_device(cfg.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PartialDatasetWarning)
         x, y = load_cifar10(cfg.data, "train", allow_partial=cfg.allow_partial)
         tx, _ = load_cifar10(cfg.test_data, "test", allow_partial=cfg.allow_partial)
-    size = "gpu" if cuda else "cpu"  # the preset whose architectures are timed
+    size = runtime.device_preset(device)  # the preset whose architectures are timed
     b, steps, repeats = args.batch_size or cfg.batch_size, args.steps, args.repeats
     rows = []
 
@@ -167,22 +198,23 @@ def run_bench(args, cfg: TrainConfig) -> int:
         rows[1]["speedup_vs_seed"] = rows[1]["median"] / rows[0]["median"]
         print(f"  CifarLoader: {rows[1]['speedup_vs_seed']:.0f}x the seed's input pipeline")
         return _write(args, device, cfg, b, n, repeats, rows)
-    amp = runtime.autocast_dtype(device) is not None  # the project's default where native
-    precisions = [amp, False] if amp else [False]  # fp32 too where the default is bf16
+    amp = runtime.autocast_dtype(device)  # the project's default: bf16 where native, else None
+    precisions = [amp, None] if amp else [None]  # fp32 too where the default is bf16
     prec = "bf16" if amp else "fp32"
-    layout = torch.channels_last if cuda else torch.contiguous_format  # the trainer's choice
+    channels_last = runtime.channels_last_default(device)  # the trainer's choice
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
     seed_model = build_model(kind="seed", likelihood="bernoulli")
     state = {k: v.clone() for k, v in seed_model.state_dict().items()}
     add("seed pipeline: DataLoader + SeedVAE, fp32", time_training(
-        seed_model, seed_pipeline(x, b, device), device, steps, repeats, amp=False,
+        seed_model, seed_pipeline(x, b, device), device, steps, repeats, dtype=None,
         fused=False))
     loader = CifarLoader(x, y, batch_size=b, device=device, drop_last=True,
-                         channels_last=cuda)
+                         channels_last=channels_last)
     for run_amp in precisions:  # fp32 beside bf16: the data path's share alone
         seed_model.load_state_dict(state)
         add(f"project pipeline: CifarLoader + SeedVAE, {'bf16' if run_amp else 'fp32'}",
-            time_training(seed_model, _forever(loader), device, steps, repeats, amp=run_amp))
+            time_training(seed_model, _forever(loader), device, steps, repeats, dtype=run_amp))
     models = {}
     for kind, label in (("conv", "ConvVAE"), ("hvae", "hierarchical VAE")):
         model = build_model(preset(size, kind=kind).model)
@@ -193,23 +225,25 @@ def run_bench(args, cfg: TrainConfig) -> int:
             model.load_state_dict(init)
             add(f"{name}, {'bf16' if run_amp else 'fp32'}", time_training(
                 model.to(memory_format=layout), _forever(loader), device, steps, repeats,
-                amp=run_amp))
+                dtype=run_amp))
         if kind == "conv":  # channels_last is the default on CUDA only: check that choice
-            other = torch.contiguous_format if cuda else torch.channels_last
+            other = torch.contiguous_format if channels_last else torch.channels_last
             model.load_state_dict(init)
-            add(f"{name}, {prec}, {'contiguous' if cuda else 'channels_last'}", time_training(
+            other_name = "contiguous" if channels_last else "channels_last"
+            add(f"{name}, {prec}, {other_name}", time_training(
                 model.to(memory_format=other), _forever(CifarLoader(
-                    x, y, batch_size=b, device=device, drop_last=True, channels_last=not cuda)),
-                device, steps, repeats, amp=amp))
+                    x, y, batch_size=b, device=device, drop_last=True,
+                    channels_last=not channels_last)),
+                device, steps, repeats, dtype=amp))
             model.to(memory_format=layout)
         if args.compile:
             model.load_state_dict(init)
             add(f"{name}, {prec}, torch.compile", time_training(
-                model, _forever(loader), device, steps, repeats, amp=amp, compile_model=True))
+                model, _forever(loader), device, steps, repeats, dtype=amp, compile_model=True))
     if args.compile:
         seed_model.load_state_dict(state)
         add(f"project pipeline: CifarLoader + SeedVAE, {prec}, torch.compile", time_training(
-            seed_model, _forever(loader), device, steps, repeats, amp=amp, compile_model=True))
+            seed_model, _forever(loader), device, steps, repeats, dtype=amp, compile_model=True))
     seed_rate = rows[0]["median"]
     for row in rows[1:]:
         row["speedup_vs_seed"] = row["median"] / seed_rate

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,6 +25,15 @@ import torch
 from .config import ModelConfig, TrainConfig
 
 FORMAT = 2  # bumped when the layout of the checkpoint dict changes
+# fields a run cannot change when it resumes in the middle of an epoch: the epoch's images and
+# their order would no longer be the ones the saved position counts
+SAME_DATA_ORDER = ("data", "extra_data", "extra_repeats", "train_limit", "batch_size", "seed",
+                   "hflip")
+
+
+def path(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint file of a run folder."""
+    return Path(run_dir) / "checkpoint.pt"
 
 
 class CheckpointError(RuntimeError):
@@ -66,17 +76,21 @@ def save_training(path, *, config: TrainConfig, model, optimizer, position: dict
     }, path)
 
 
-def _upgrade(ckpt: dict) -> dict:
+def _upgrade(ckpt: dict, where) -> dict:
     """Format 1 (flat config, model_config with "name") read as format 2."""
     if ckpt.get("format") == 1:
-        old = dict(ckpt["config"])
-        model = dict(ckpt["model_config"])
-        model["kind"] = model.pop("name")
+        try:
+            old, model = dict(ckpt["config"]), dict(ckpt["model_config"])
+            model["kind"] = model.pop("name")
+            model = ModelConfig.from_dict(model).to_dict()  # the fields format 1 did not have
+            position = {"epoch": ckpt["epoch"], "step": ckpt["step"]}
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{where}: a format-1 checkpoint without its {err}") from None
         for key in model:
             old.pop(key, None)
         old.pop("model", None)
         ckpt = {**ckpt, "format": 2, "model_config": model, "config": {**old, "model": model},
-                "position": {"epoch": ckpt["epoch"], "step": ckpt["step"]}}
+                "position": position}
     return ckpt
 
 
@@ -112,7 +126,7 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise CheckpointError(f"{path}: not a vae_tutorial checkpoint (no model weights or "
                               "model_config in it).")
-    ckpt = _upgrade(ckpt)
+    ckpt = _upgrade(ckpt, path)
     if ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {ckpt.get('format')!r}, this version "
                               f"reads formats 1 and {FORMAT}.")
@@ -130,10 +144,18 @@ def restore_weights(model, ckpt: dict, path) -> None:
                               f"({type(model).__name__}): {' '.join(lines[1:3])[:300]}") from None
 
 
-def resume(path, model, optimizer, device: torch.device) -> dict:
+def resume(path, model, optimizer, device: torch.device, config: TrainConfig) -> dict:
     """Restore a run's weights, optimizer and RNG states from `path`, in place; returns the
-    checkpoint's {"history", "position"}. The checkpoint must hold the same architecture."""
+    checkpoint's {"history", "position"}. The checkpoint must hold the same architecture and,
+    if it stopped in the middle of an epoch, the same data order (SAME_DATA_ORDER)."""
     ckpt = load_checkpoint(path, map_location=device)
+    if ckpt["position"].get("batch", 0) > 0:
+        stored = ckpt["config"]
+        changed = [f"{k}={stored.get(k)!r} (this run: {getattr(config, k)!r})"
+                   for k in SAME_DATA_ORDER if stored.get(k) != getattr(config, k)]
+        if changed:
+            raise CheckpointError(f"{path}: stopped in the middle of an epoch, which can only "
+                                  f"continue with the same data order, but {', '.join(changed)}")
     stored, wanted = ckpt["model_config"], model.config.to_dict()
     if stored != wanted:
         diff = ", ".join(f"{k}={stored.get(k)!r} (this run: {wanted.get(k)!r})"
@@ -165,6 +187,22 @@ def load_model(path: str | os.PathLike, map_location="cpu"):
     restore_weights(model, ckpt, path)
     device = map_location if isinstance(map_location, (str, torch.device)) else "cpu"
     return model.to(device).eval(), ckpt
+
+
+def publish(run_dir, dest, weights: bool = True) -> None:
+    """Record a finished run under results/: its history.json and eval.json, and (weights)
+    its half-precision weights with their sha256."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    for name in ("history.json", "eval.json"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name} is missing: train and evaluate that run "
+                                    "first")
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("history.json", "eval.json"):
+        shutil.copyfile(run_dir / name, dest / name)
+    if weights:
+        digest = export_half(path(run_dir), dest / "model-fp16.pt")
+        (dest / "model-fp16.pt.sha256").write_text(f"{digest}  model-fp16.pt\n")
 
 
 def export_half(src: str | os.PathLike, dst: str | os.PathLike) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import sys
 import time
 import warnings
@@ -17,15 +16,25 @@ from pathlib import Path
 
 import torch
 
-from . import runtime
+from . import checkpoint, runtime
 from .checkpoint import CheckpointError
-from .config import PRESETS, ConfigError, parse_overrides, preset
+from .config import (
+    PRESETS,
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    choices,
+    field_range,
+    parse_overrides,
+    preset,
+)
 from .data import DatasetError, PartialDatasetWarning
 from .losses import LogLikelihoodError
 from .train import TrainingDiverged
 
-EXPECTED = (DatasetError, CheckpointError, TrainingDiverged, LogLikelihoodError, ConfigError,
-            ValueError, OSError, RuntimeError)
+EXPECTED = (ValueError, OSError, RuntimeError)  # every error of the package derives from these
+assert all(issubclass(e, EXPECTED) for e in (DatasetError, CheckpointError, TrainingDiverged,
+                                             LogLikelihoodError, ConfigError))
 
 
 class Parser(argparse.ArgumentParser):
@@ -35,7 +44,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def number(kind: type, lo: float, hi: float):
+def number(kind: type, lo: float, hi: float, open_lo: bool = False):
     """An argparse type: a `kind` (int or float) between lo and hi, else a one-line error."""
     def parse(text: str):
         try:
@@ -43,12 +52,21 @@ def number(kind: type, lo: float, hi: float):
         except ValueError:
             raise argparse.ArgumentTypeError(
                 f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-        if not lo <= value <= hi:  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be between {lo:g} and {hi:g}, got {text}")
+        above = value > lo if open_lo else value >= lo
+        if not (above and value <= hi):  # also refuses nan
+            raise argparse.ArgumentTypeError(
+                f"must be {'above' if open_lo else 'at least'} {lo:g} and at most {hi:g}, "
+                f"got {text}")
         return value
     parse.__name__ = kind.__name__
-    parse.kind, parse.lo, parse.hi = kind, lo, hi  # tests build their bad values from these
+    parse.kind, parse.lo, parse.hi, parse.open_lo = kind, lo, hi, open_lo  # for the tests
     return parse
+
+
+def field(name: str):
+    """An argparse type for a TrainConfig field, with the field's own type and range."""
+    kind, rng = field_range(TrainConfig, name)
+    return number(kind, rng.lo, rng.hi, rng.open_lo)
 
 
 def number_list(kind: type, lo: float, hi: float):
@@ -58,7 +76,7 @@ def number_list(kind: type, lo: float, hi: float):
     def parse(text: str):
         return [one(v) for v in text.split(",")]
     parse.__name__ = f"list of {kind.__name__}"
-    parse.kind, parse.lo, parse.hi = kind, lo, hi
+    parse.kind, parse.lo, parse.hi, parse.open_lo = kind, lo, hi, False
     return parse
 
 
@@ -88,14 +106,14 @@ def _config(args, **extra):
         value = getattr(args, flag, None)
         if value is not None:
             over[name] = str(value) if isinstance(value, Path) else value
-    if getattr(args, "device", "auto") != "auto":
+    if getattr(args, "device", None):
         over["device"] = args.device
     return preset(args.preset, **over, **extra)
 
 
-def _checkpoint(args) -> Path:
+def _checkpoint(args, cfg) -> Path:
     """The CHECKPOINT argument, or the checkpoint of the --preset/--model run."""
-    return args.checkpoint or Path(_config(args).out_dir) / "checkpoint.pt"
+    return args.checkpoint or checkpoint.path(cfg.out_dir)
 
 
 def cmd_train(args) -> int:
@@ -113,7 +131,7 @@ def cmd_train(args) -> int:
             raise ValueError(f"--match-time {args.match_time}: no {history}; train that run first")
         extra["time_limit"] = sum(h["seconds"] for h in json.loads(history.read_text())) / 60
     cfg = _config(args, **extra)
-    ckpt = Path(cfg.out_dir) / "checkpoint.pt"
+    ckpt = checkpoint.path(cfg.out_dir)
     resume = args.resume and ckpt.exists()
     if ckpt.exists() and not (args.resume or args.fresh):
         raise ValueError(f"{ckpt} exists: add --resume to continue that run, or --fresh to "
@@ -137,15 +155,18 @@ def cmd_evaluate(args) -> int:
 
     from .checkpoint import load_model
     from .data import CifarLoader, load_cifar10
-    from .evaluate import evaluate
+    from .evaluate import evaluate, latent_statistics
 
-    path = _checkpoint(args)
-    json_path = args.json or (None if args.checkpoint else path.parent / "eval.json")
-    device = runtime.pick_device(args.device)
-    model, _ = load_model(path, map_location=device)
     cfg = _config(args)
-    x, y = load_cifar10(cfg.test_data if args.split == "test" else cfg.data, args.split,
-                        allow_partial=cfg.allow_partial)
+    path = _checkpoint(args, cfg)
+    json_path = args.json or (None if args.checkpoint else path.parent / "eval.json")
+    device = runtime.pick_device(cfg.device)
+    model, ckpt = load_model(path, map_location=device)
+    root = cfg.test_data if args.split == "test" else cfg.data
+    stored = ckpt["config"].get("test_data" if args.split == "test" else "data")
+    if args.data is None and args.test_data is None and stored and Path(stored).is_dir():
+        root = stored  # by default, the images the run itself was tested (trained) on
+    x, y = load_cifar10(root, args.split, allow_partial=cfg.allow_partial)
     if args.limit:
         x, y = x[:args.limit], y[:args.limit]
     batches = CifarLoader(x, y, batch_size=args.batch_size, device=device, shuffle=False)
@@ -154,11 +175,20 @@ def cmd_evaluate(args) -> int:
     ev = evaluate(model, tqdm(batches, desc="evaluate", leave=False), num_samples=args.samples,
                   chunk=args.chunk)
     seconds = time.perf_counter() - t0  # evaluate() ends with a host copy, so this is synced
-    root = cfg.test_data if args.split == "test" else cfg.data
-    result = {"checkpoint": str(path), "split": args.split, "data": Path(root).name,
+    shown = path.resolve()
+    if shown.is_relative_to(runtime.checkout_dir()):  # no machine-specific prefix in results
+        shown = shown.relative_to(runtime.checkout_dir())
+    result = {"checkpoint": str(shown), "split": args.split, "data": Path(root).name,
               "device": str(device), "hardware": runtime.hardware(device),
               "torch": torch.__version__, "seed": args.seed, "seconds": round(seconds, 2),
               **dataclasses.asdict(ev)}
+    if args.stats:
+        if not hasattr(model, "encode"):
+            raise ValueError(f"--stats: the {model.config.kind} model has no single latent z")
+        stats = latent_statistics(model, batches)
+        result.update(active_units=stats["active_units"], active_threshold=stats["threshold"],
+                      kl_per_dim=[round(v, 5) for v in stats["kl_per_dim"].tolist()])
+        print(f"active units: {stats['active_units']} of {model.latent_dim}")
     if not model.likelihood.discrete:
         print(f"note: the {model.likelihood.kind} likelihood is not a probability of 8-bit "
               "images; its bits/dim do not compare with published numbers", file=sys.stderr)
@@ -178,8 +208,9 @@ def cmd_sample(args) -> int:
     from .checkpoint import load_model
     from .plots import save_grid
 
-    device = runtime.pick_device(args.device)
-    model, _ = load_model(_checkpoint(args), map_location=device)
+    cfg = _config(args)
+    device = runtime.pick_device(cfg.device)
+    model, _ = load_model(_checkpoint(args, cfg), map_location=device)
     torch.manual_seed(args.seed)
     images = model.sample(args.n, temperature=args.temperature)
     path = save_grid(images, args.out, nrow=args.nrow)
@@ -218,13 +249,14 @@ def cmd_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import fill, tables
+    from .report import fill, markers, tables
 
     generated = tables(args.results)
     if args.write:
-        readme = args.write
-        readme.write_text(fill(readme.read_text(), generated))
-        print(f"wrote {len(generated)} tables into {readme}")
+        text = args.write.read_text()
+        names = markers(text)
+        args.write.write_text(fill(text, {k: generated[k] for k in names}))
+        print(f"wrote {len(names)} tables into {args.write}")
     else:
         print("\n\n".join(f"<!-- report:{k} -->\n{v}" for k, v in generated.items()))
     return 0
@@ -232,25 +264,14 @@ def cmd_report(args) -> int:
 
 def cmd_results(args) -> int:
     """Copy a finished run's history and evaluation (and half-precision weights) to results/."""
-    from .checkpoint import export_half
-    from .report import fill, tables
+    from .report import write_all
 
-    cfg = _config(args)
-    run = Path(cfg.out_dir)
-    for name in ("history.json", "eval.json"):
-        if not (run / name).is_file():
-            raise ValueError(f"{run / name} is missing: train and evaluate that run first")
+    run = Path(_config(args).out_dir)
     dest = runtime.results_dir() / run.name
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in ("history.json", "eval.json"):
-        shutil.copyfile(run / name, dest / name)
-    if args.weights:
-        digest = export_half(run / "checkpoint.pt", dest / "model-fp16.pt")
-        (dest / "model-fp16.pt.sha256").write_text(f"{digest}  model-fp16.pt\n")
+    checkpoint.publish(run, dest, weights=args.weights)
     print(f"copied {run.name} to {dest}")
-    readme = runtime.checkout_dir() / "README.md"
-    readme.write_text(fill(readme.read_text(), tables(runtime.results_dir())))
-    print(f"regenerated the tables of {readme}")
+    for path in write_all(runtime.checkout_dir(), runtime.results_dir()):
+        print(f"regenerated the tables of {path}")
     return 0
 
 
@@ -265,12 +286,13 @@ def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True) -
         p.add_argument("--allow-partial", action="store_true", default=None,
                        help="accept a copy that fails the official checksums (a subset); "
                        f"also {runtime.ALLOW_PARTIAL_ENV}=1")
-        p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, ...")
+        p.add_argument("--device", help="auto (cuda, then mps, then cpu; the default), cpu, "
+                       "cuda, cuda:1, mps")
     if model:
         p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                        help=f"named configuration (default: fast if {runtime.FAST_ENV}=1, else "
                        "gpu on CUDA, else cpu)")
-        p.add_argument("--model", choices=["conv", "seed", "hvae"], default=None,
+        p.add_argument("--model", choices=choices(ModelConfig, "kind"), default=None,
                        help="ConvVAE, the seed's network, or the hierarchical VAE")
 
 
@@ -279,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=Parser)
-    count, seed = number(int, 1, 10**7), number(int, 0, 2**32 - 1)
+    count, seed = number(int, 1, 10**7), field("seed")
 
     p = sub.add_parser("data", help="check (or download) CIFAR-10",
                        description="Check that CIFAR-10 loads, or download the official "
@@ -293,9 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a VAE. Checkpoints are written every epoch and every "
                        "few minutes; rerun with --resume to continue an interrupted run.")
     _common(p)
-    p.add_argument("--epochs", type=number(int, 1, 100_000))
-    p.add_argument("--batch-size", type=number(int, 1, 65_536))
-    p.add_argument("--lr", type=number(float, 1e-8, 10))
+    p.add_argument("--epochs", type=field("epochs"))
+    p.add_argument("--batch-size", type=field("batch_size"))
+    p.add_argument("--lr", type=field("lr"))
     p.add_argument("--seed", type=seed)
     p.add_argument("--compile", action="store_true", default=None, help="torch.compile")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
@@ -305,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in the run folder if it has a checkpoint")
     p.add_argument("--fresh", action="store_true",
                    help="start over even if the run folder has a checkpoint (overwrites it)")
-    p.add_argument("--match-time", choices=["conv", "seed", "hvae"],
+    p.add_argument("--match-time", choices=choices(ModelConfig, "kind"),
                    help="train for as long as that model's run of this preset trained")
     p.set_defaults(func=cmd_train)
 
@@ -320,10 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="IWAE samples (0: ELBO only)")
     p.add_argument("--split", choices=["train", "test"], default="test")
     p.add_argument("--limit", type=count, help="evaluate the first N images only")
-    p.add_argument("--batch-size", type=number(int, 1, 65_536), default=50)
+    p.add_argument("--batch-size", type=field("batch_size"), default=50)
     p.add_argument("--chunk", type=count, help="images decoded at once by IWAE "
                    "(default: 16384 on CUDA, 256 on CPU)")
     p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--stats", action="store_true",
+                   help="also KL per latent dimension and active units (single-latent models)")
     p.add_argument("--json", type=output_file, help="also write the result to this JSON file")
     p.set_defaults(func=cmd_evaluate)
 
@@ -356,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed repeats (median reported)")
     p.add_argument("--steps", type=number(int, 1, 100_000), default=10,
                    help="training steps per repeat")
-    p.add_argument("--batch-size", type=number(int, 1, 65_536),
+    p.add_argument("--batch-size", type=field("batch_size"),
                    help="images per step (default: the preset's)")
     p.add_argument("--iwae-images", type=number(int, 1, 100_000), default=100,
                    help="images for the IWAE timing")
@@ -375,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, data=False, model=False)
     p.add_argument("--results", type=existing_dir, default=runtime.results_dir(),
                    help="results folder")
-    p.add_argument("--write", metavar="README", type=output_file,
-                   help="replace the <!-- report:NAME --> blocks of this file instead of printing")
+    p.add_argument("--write", metavar="FILE", type=output_file,
+                   help="replace the <!-- report:NAME --> blocks of this file (README.md, "
+                   "DATA.md) instead of printing")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("results", help="record a finished run under results/ (maintainers)",

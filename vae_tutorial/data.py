@@ -135,14 +135,15 @@ class CifarLoader:
     Every epoch visits each image exactly once, in the order of a permutation drawn on the
     device from (seed, epoch), so epoch e is the same whether or not the run was resumed.
     The short last batch is kept unless drop_last. With `rank`/`world_size` each process
-    takes a disjoint 1/world_size of every global batch (for DistributedDataParallel).
+    takes a disjoint 1/world_size of every global batch (for DistributedDataParallel). With
+    hflip, a seeded half of each epoch's images are mirrored left-right (augmentation).
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None, *,
                  batch_size: int = 128, device: str | torch.device = "cpu",
                  shuffle: bool = True, drop_last: bool = False, seed: int = 0,
                  limit: int | None = None, channels_last: bool = False,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, hflip: bool = False):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} "
                              f"{tuple(images.shape)}")
@@ -159,7 +160,7 @@ class CifarLoader:
         self.labels = labels.to(self.device) if labels is not None else None
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed, self.epoch, self.skip, self.channels_last = seed, 0, 0, channels_last
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.hflip = rank, world_size, hflip
 
     def __len__(self) -> int:
         n, b = len(self.images), self.batch_size
@@ -170,17 +171,29 @@ class CifarLoader:
         start it after its first `skip` batches (to resume a run in the middle of an epoch)."""
         self.epoch, self.skip = epoch, skip
 
+    def _generator(self, stream: int = 0) -> torch.Generator:
+        """The epoch's generator: stream 0 draws the order, stream 1 the flips."""
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.seed * 1_000_003 + self.epoch + stream * 1_000_000_007)
+        return gen
+
     def order(self) -> torch.Tensor:
         """The visiting order of the current epoch, a device tensor of indices."""
         n = len(self.images)
         if not self.shuffle:
             return torch.arange(n, device=self.device)
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(n, generator=gen, device=self.device)
+        return torch.randperm(n, generator=self._generator(), device=self.device)
+
+    def flips(self) -> torch.Tensor | None:
+        """Which images of the current epoch are mirrored left-right (hflip), by position in
+        the visiting order: drawn per epoch from (seed, epoch), like the order."""
+        if not self.hflip:
+            return None
+        return torch.rand(len(self.images), generator=self._generator(1),
+                          device=self.device) < 0.5
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        order = self.order()
+        order, flips = self.order(), self.flips()
         self.epoch += 1
         b, skip, self.skip = self.batch_size, self.skip, 0
         for start in range(skip * b, len(self.images), b):
@@ -190,6 +203,11 @@ class CifarLoader:
             if self.world_size > 1:
                 idx = idx.tensor_split(self.world_size)[self.rank]
             x = self.images[idx].float().div_(255.0)  # (B, 3, 32, 32) in [0, 1]
+            if flips is not None:
+                mirror = flips[start:start + b]
+                if self.world_size > 1:
+                    mirror = mirror.tensor_split(self.world_size)[self.rank]
+                x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, (self.labels[idx] if self.labels is not None else None)

@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from . import losses
 from .linear_gaussian import LinearGaussianVAE
+from .model import eval_mode
 
 __all__ = [
     "ENCODER_PARAMS",
@@ -36,6 +37,7 @@ __all__ = [
     "score_function_gradients",
     "quadratic_gradient",
     "quadratic_gradient_variance",
+    "ESTIMATORS",
     "elbo_gradient_samples",
     "exact_elbo_gradient",
     "bce_probability_form",
@@ -133,15 +135,13 @@ def layer_table(model: nn.Module, x: torch.Tensor,
     for child in {id(r["module"]): r["module"] for r in rows}.values():  # each module once
         hooks.append(child.register_forward_hook(
             lambda m, _inp, out: calls.append((m, tuple(out.shape)))))
-    was_training = model.training
-    model.eval()
     try:
-        mean, _ = model.encode(x)
-        model.decode(mean)
+        with eval_mode(model):
+            mean, _ = model.encode(x)
+            model.decode(mean)
     finally:
         for h in hooks:
             h.remove()
-        model.train(was_training)
     if len(calls) != len(rows) or any(m is not r["module"] for (m, _), r in zip(calls, rows)):
         raise RuntimeError("layer_table: the layers were not called once each, in order")
     for row, (_, shape) in zip(rows, calls):
@@ -212,18 +212,26 @@ def quadratic_gradient_variance(mu: float, sigma: float, a: float = 2.0) -> dict
                       2.0 * d ** 4 / s2 + 60.0 * d * d + 74.0 * s2)}
 
 
+ESTIMATORS = ("reparam", "score", "score-baseline", "stl")
+
+
 def elbo_gradient_samples(model: LinearGaussianVAE, x: torch.Tensor, eps: torch.Tensor,
-                          estimator: str) -> torch.Tensor:
+                          estimator: str, baseline: float = 0.0) -> torch.Tensor:
     """Per-draw estimates of the gradient of ELBO(x) with respect to the encoder's c, q_log_var.
 
     ELBO(x) = E_q[g(z)], g(z) = log p(x, z) - log q(z|x), q = N(A x + c, diag(exp(q_log_var))).
-    "reparam": grad of g(mean + std * eps), through z.
-    "score":   g(z) * grad log q(z|x) at z held fixed (REINFORCE). The other term of the
-               gradient, E_q[grad g] with z fixed = -E_q[grad log q] = 0, is dropped.
+    "reparam":        grad of g(mean + std * eps), through z.
+    "score":          g(z) * grad log q(z|x) at z held fixed (REINFORCE). The other term of the
+                      gradient, E_q[grad g] with z fixed = -E_q[grad log q] = 0, is dropped.
+    "score-baseline": (g(z) - baseline) * grad log q(z|x): still unbiased, since
+                      E_q[grad log q] = 0; a baseline near log p(x) removes most of the noise.
+    "stl":            "sticking the landing" (Roeder et al., 2017): the reparameterization
+                      gradient with log q's own parameters held fixed, so that only the path
+                      through z remains; unbiased, and exactly zero at q = p(z|x).
     x: (1, D); eps: (n, d). Returns (n, 2d): columns d/dc then d/dq_log_var.
     """
-    if estimator not in ("reparam", "score"):
-        raise ValueError(f"estimator must be 'reparam' or 'score', got {estimator!r}")
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     n = eps.shape[0]
     c = model.c.detach().expand(n, -1).clone().requires_grad_(True)  # one copy per draw
     lv = model.q_log_var.detach().expand(n, -1).clone().requires_grad_(True)
@@ -232,12 +240,20 @@ def elbo_gradient_samples(model: LinearGaussianVAE, x: torch.Tensor, eps: torch.
         w, b, log_sigma = model.W.detach(), model.b.detach(), model.log_sigma.detach()
     mean, std = ax + c, torch.exp(0.5 * lv)
     z = mean + std * eps
-    if estimator == "score":
+    score = estimator.startswith("score")
+    if score:
         z = z.detach()
-    log_q = losses.normal_log_prob(z, mean, lv).sum(-1)
+    if estimator == "stl":
+        log_q = losses.normal_log_prob(z, mean.detach(), lv.detach()).sum(-1)
+    else:
+        log_q = losses.normal_log_prob(z, mean, lv).sum(-1)
     log_px_z = losses.gaussian_log_likelihood(x.expand(n, -1), z @ w.T + b, log_sigma)
     g = log_px_z + losses.standard_normal_log_prob(z).sum(-1) - log_q
-    objective = g if estimator == "reparam" else g.detach() * log_q
+    if score:
+        offset = baseline if estimator == "score-baseline" else 0.0
+        objective = (g.detach() - offset) * log_q
+    else:
+        objective = g
     g_c, g_lv = torch.autograd.grad(objective.sum(), (c, lv))
     return torch.cat([g_c, g_lv], dim=1)
 
@@ -287,7 +303,7 @@ def discretized_gaussian_log_mass(x: torch.Tensor, mean: torch.Tensor | float,
     also takes the mass below it and the highest the mass above it (as in losses), so the 256
     masses sum to one. Elementwise, no sum over pixels.
     """
-    half = 0.5 / 255.0
+    half = losses.HALF_BIN
     mean = torch.as_tensor(mean, dtype=x.dtype)
     std = torch.as_tensor(std, dtype=x.dtype)
     upper = torch.where(x > 1 - half, torch.full_like(x, math.inf), (x + half - mean) / std)

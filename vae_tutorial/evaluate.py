@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from . import losses
-from .model import VAE, reparameterize
+from .model import VAE, eval_mode
 
 
 @torch.no_grad()
@@ -25,8 +25,12 @@ def iwae_log_likelihood(model, x: torch.Tensor, num_samples: int,
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if chunk is None:
         chunk = 16384 if x.device.type == "cuda" else 256
-    log_w = model.log_weights(x, num_samples, chunk)  # (k, B)
-    return torch.logsumexp(log_w, dim=0) - math.log(num_samples)
+    return log_mean_exp(model.log_weights(x, num_samples, chunk))  # (k, B) -> (B,)
+
+
+def log_mean_exp(log_w: torch.Tensor) -> torch.Tensor:
+    """log (1/k) sum_i exp(log_w_i) along the first dimension, stably: the IWAE estimate."""
+    return torch.logsumexp(log_w, dim=0) - math.log(len(log_w))
 
 
 @dataclass
@@ -46,27 +50,23 @@ class Evaluation:
 @torch.no_grad()
 def evaluate(model, batches, num_samples: int = 0, chunk: int | None = None) -> Evaluation:
     """ELBO terms (and, with num_samples > 0, the IWAE log-likelihood) over an iterable of
-    (x, label) batches (wrap it in a progress bar if you like). The model is put in eval
-    mode and restored."""
-    was_training = model.training
-    model.eval()
+    (x, label) batches (wrap it in a progress bar if you like), each checked to lie in [0, 1].
+    The model is put in eval mode and restored."""
     totals = torch.zeros(4, dtype=torch.float64)
     n = 0
-    try:
+    with eval_mode(model):
         for x, _ in batches:
+            losses.check_pixels(x)  # a host sync per batch, which evaluation makes anyway
             out = model(x)
             iw = iwae_log_likelihood(model, x, num_samples, chunk) if num_samples else out.elbo
             totals += torch.stack([out.elbo.sum(), out.reconstruction.sum(), out.kl.sum(),
                                    iw.sum()]).double().cpu()
             n += len(x)
-    finally:
-        model.train(was_training)
     elbo, rec, kl, iw = (totals / max(n, 1)).tolist()
-    dims = 3 * 32 * 32
     return Evaluation(elbo=elbo, reconstruction=rec, kl=kl,
-                      bits_per_dim=losses.bits_per_dim(elbo, dims),
+                      bits_per_dim=losses.bits_per_dim(elbo),
                       iwae=iw if num_samples else None,
-                      iwae_bits_per_dim=losses.bits_per_dim(iw, dims) if num_samples else None,
+                      iwae_bits_per_dim=losses.bits_per_dim(iw) if num_samples else None,
                       num_samples=num_samples or None, images=n)
 
 
@@ -77,21 +77,17 @@ def latent_statistics(model: VAE, batches, threshold: float = 0.01) -> dict:
     A unit u is active when Cov_x(E_q[z_u|x]) > threshold (Burda et al., 2015): the encoder's
     mean for it moves with the input, so the decoder can use it.
     """
-    was_training = model.training
-    model.eval()
     means, kls = [], []
-    try:
+    with eval_mode(model):
         for x, _ in batches:
             mean, log_var = model.encode(x)
             means.append(mean.cpu())
             kls.append(losses.gaussian_kl(mean, log_var, per_dim=True).cpu())
-    finally:
-        model.train(was_training)
     means, kls = torch.cat(means), torch.cat(kls)
     activity = means.var(dim=0)  # (D,)
     return {"kl_per_dim": kls.mean(0), "activity": activity,
             "active_units": int((activity > threshold).sum()), "threshold": threshold}
 
 
-__all__ = ["iwae_log_likelihood", "evaluate", "Evaluation", "latent_statistics",
-           "reparameterize"]
+__all__ = ["iwae_log_likelihood", "log_mean_exp", "evaluate", "Evaluation",
+           "latent_statistics"]

@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from . import losses
 from .config import ModelConfig
+from .likelihoods import make_likelihood
 
 RESOLUTIONS = (4, 8, 16)  # the latent grids, coarse to fine (32x32 images)
 LOG_VAR_BOUND = 10.0  # log-variances are soft-clamped to (-10, 10): sigma in (0.007, 148)
@@ -95,8 +96,6 @@ class HierarchicalVAE(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        from .model import make_likelihood
-
         self.config = config
         self.likelihood = make_likelihood(config.likelihood, config.mixtures)
         widths = {4: 2 * config.width, 8: 2 * config.width, 16: config.width}
@@ -152,17 +151,16 @@ class HierarchicalVAE(nn.Module):
                  use_mean: bool = False):
         """(decoder output (n, P, 32, 32), per-group KL (n, G), summed log q - log p (n,));
         with feats None the latents come from the prior and the last two are None."""
-        h = self.h_top.expand(n, -1, -1, -1)
+        h, res = self.h_top.expand(n, -1, -1, -1), RESOLUTIONS[0]
         kls, ratios = [], []
-        for res in RESOLUTIONS:
-            for group, r in zip(self.groups, self.group_res):
-                if r == res:
-                    h, kl, ratio = group(h, None if feats is None else feats[res], temperature,
-                                         use_mean)
-                    kls.append(kl)
-                    ratios.append(ratio)
-            if str(res) in self.up:
-                h = self.up[str(res)](h)
+        for group, r in zip(self.groups, self.group_res):
+            while res < r:  # up to the group's resolution (past any without groups)
+                h, res = self.up[str(res)](h), 2 * res
+            h, kl, ratio = group(h, None if feats is None else feats[r], temperature, use_mean)
+            kls.append(kl)
+            ratios.append(ratio)
+        while res < RESOLUTIONS[-1]:
+            h, res = self.up[str(res)](h), 2 * res
         params = self.out(nn.functional.silu(h))
         if feats is None:
             return params, None, None

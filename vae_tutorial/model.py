@@ -11,13 +11,18 @@ Single-latent models (`VAE`) also expose encode(x) -> (mean, log_var) and decode
 
 from __future__ import annotations
 
-import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
 
 from . import losses
 from .config import ModelConfig
+from .hvae import HierarchicalVAE
+from .likelihoods import LIKELIHOODS, Likelihood, make_likelihood
+
+__all__ = ["reparameterize", "eval_mode", "VAE", "SeedVAE", "ConvVAE", "HierarchicalVAE",
+           "build_model", "count_parameters", "Likelihood", "LIKELIHOODS", "make_likelihood"]
 
 
 def reparameterize(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
@@ -25,150 +30,15 @@ def reparameterize(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     return mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
 
 
-# --- likelihoods: the decoder's distribution of 8-bit pixels -----------------------------------
-
-class Likelihood(nn.Module):
-    """p(x|z) from the decoder's (B, channels, H, W) output; evaluated in fp32 always."""
-
-    kind: str  # the name in ModelConfig.likelihood
-    discrete = False  # whether log_prob is a probability of 8-bit images (bits/dim compare)
-
-    def __init__(self, mixtures: int):
-        super().__init__()
-        self.mixtures = mixtures
-
-    @property
-    def channels(self) -> int:
-        """How many channels the decoder must output for 3-channel images."""
-        raise NotImplementedError
-
-    def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        """log p(x|params), (B,) in nats, summed over pixels."""
-        raise NotImplementedError
-
-    def sample(self, params: torch.Tensor) -> torch.Tensor:
-        """Draw 8-bit images in [0, 1] from p(x|params)."""
-        raise NotImplementedError
-
-    def mean(self, params: torch.Tensor) -> torch.Tensor:
-        """The mean image of p(x|params) (approximate where stated), for reconstructions."""
-        raise NotImplementedError
-
-
-class Bernoulli(Likelihood):
-    """Each sub-pixel a coin with bias sigmoid(logit), scored at k/255: not a distribution of
-    8-bit values (notebook 4); its sample is its mean, since binary images mean nothing here."""
-
-    kind, channels = "bernoulli", 3
-
-    def log_prob(self, x, params):
-        return losses.bernoulli_log_likelihood(x, params.float())
-
-    @torch.no_grad()
-    def sample(self, params):
-        return torch.sigmoid(params.float())
-
-    @torch.no_grad()
-    def mean(self, params):
-        return torch.sigmoid(params.float())
-
-
-class Gaussian(Likelihood):
-    """N(sigmoid(output), s^2) with one learned log-scale per channel: a density, not a mass."""
-
-    kind, channels = "gaussian", 3
-
-    def __init__(self, mixtures: int):
-        super().__init__(mixtures)
-        self.log_scale = nn.Parameter(torch.full((1, 3, 1, 1), math.log(0.1)))
-
-    def log_prob(self, x, params):
-        return losses.gaussian_log_likelihood(x, torch.sigmoid(params.float()), self.log_scale)
-
-    @torch.no_grad()
-    def sample(self, params):
-        mean = torch.sigmoid(params.float())
-        return losses.to_8bit(mean + self.log_scale.exp() * torch.randn_like(mean))
-
-    @torch.no_grad()
-    def mean(self, params):
-        return torch.sigmoid(params.float())
-
-
-class Logistic(Likelihood):
-    """One discretized logistic per sub-pixel: (mean - 0.5, log-scale) per channel."""
-
-    kind, channels, discrete = "logistic", 6, True
-
-    def _split(self, params):
-        mean, log_scale = params.float().chunk(2, dim=1)
-        return mean + 0.5, log_scale.clamp(min=losses.MIN_LOG_SCALE)
-
-    def log_prob(self, x, params):
-        return losses.discretized_logistic_log_likelihood(x, *self._split(params))
-
-    @torch.no_grad()
-    def sample(self, params):
-        mean, log_scale = self._split(params)
-        return losses.to_8bit(mean + log_scale.exp() * losses.logistic_noise(mean))
-
-    @torch.no_grad()
-    def mean(self, params):
-        """The logistic's mean, clamped to [0, 1] (the edge bins' extra mass is ignored)."""
-        return self._split(params)[0].clamp(0, 1)
-
-
-class LogisticMixture(Likelihood):
-    """A mixture of K discretized logistics per pixel with linear R -> G -> B coupling
-    (PixelCNN++'s output layer without its autoregression); the tutorial's default."""
-
-    kind, discrete = "logistic_mixture", True
-
-    @property
-    def channels(self):
-        return 10 * self.mixtures
-
-    def log_prob(self, x, params):
-        return losses.discretized_mix_logistic_log_likelihood(x, params.float())
-
-    @torch.no_grad()
-    def sample(self, params):
-        """One draw per pixel: a component, then R, G given the 8-bit R, B given R and G."""
-        logits, means, log_scales, coeffs = losses.split_mix_params(params.float())
-        pick = torch.distributions.Categorical(logits=logits.movedim(1, -1)).sample()
-        pick = nn.functional.one_hot(pick, logits.shape[1]).movedim(-1, 1)  # (B, K, H, W)
-        pick = pick.unsqueeze(1).to(means.dtype)  # (B, 1, K, H, W)
-        m, s, c = ((t * pick).sum(2) for t in (means, log_scales, coeffs))  # (B, 3, H, W)
-        x = m + s.exp() * losses.logistic_noise(m)
-        r = losses.to_8bit(x[:, 0])
-        g = losses.to_8bit(x[:, 1] + c[:, 0] * r)
-        b = losses.to_8bit(x[:, 2] + c[:, 1] * r + c[:, 2] * g)
-        return torch.stack([r, g, b], dim=1)
-
-    @torch.no_grad()
-    def mean(self, params):
-        """An approximate mean, cheap: each channel's mixture-average logistic mean, with G and
-        B coupled on the mixture-average R (and G) rather than on each component's own, and
-        the edge bins' extra mass (and component means beyond [0, 1]) ignored. Close to the
-        exact mean where the components agree; tests/test_model.py measures both cases."""
-        logits, means, _, coeffs = losses.split_mix_params(params.float())
-        w = logits.softmax(1).unsqueeze(1)  # (B, 1, K, H, W)
-        r = (means[:, 0:1] * w).sum(2).clamp(0, 1)  # (B, 1, H, W)
-        g = ((means[:, 1:2] + coeffs[:, 0:1] * r.unsqueeze(2)) * w).sum(2).clamp(0, 1)
-        b = ((means[:, 2:3] + coeffs[:, 1:2] * r.unsqueeze(2) + coeffs[:, 2:3] * g.unsqueeze(2))
-             * w).sum(2).clamp(0, 1)
-        return torch.cat([r, g, b], dim=1)
-
-
-LIKELIHOODS: dict[str, type[Likelihood]] = {
-    cls.kind: cls for cls in (Bernoulli, Gaussian, Logistic, LogisticMixture)}
-
-
-def make_likelihood(kind: str, mixtures: int) -> Likelihood:
-    """The likelihood named `kind` (a key of LIKELIHOODS)."""
-    if kind not in LIKELIHOODS:
-        raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {kind!r}")
-    return LIKELIHOODS[kind](mixtures)
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Run the block with the model in eval mode, then give it back its training flag."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 # --- single-latent VAEs -------------------------------------------------------------------------
@@ -200,12 +70,14 @@ class VAE(nn.Module):
         return losses.elbo(self.log_likelihood(x, z), mean, log_var)
 
     @torch.no_grad()
-    def log_weights(self, x: torch.Tensor, num_samples: int, chunk: int) -> torch.Tensor:
+    def log_weights(self, x: torch.Tensor, num_samples: int, chunk: int,
+                    posterior: tuple | None = None) -> torch.Tensor:
         """log p(x|z_i) + log p(z_i) - log q(z_i|x) for z_i ~ q(z|x), (num_samples, B).
 
-        Encodes once and decodes the samples in chunks of at most `chunk` images; the
-        log-weights are fp32 (fp64 for a fp64 model)."""
-        mean, log_var = self.encode(x)  # (B, D) each
+        q is the encoder's, or the (mean, log_var) given as `posterior`. Encodes once and
+        decodes the samples in chunks of at most `chunk` images; the log-weights are fp32
+        (fp64 for a fp64 model)."""
+        mean, log_var = posterior if posterior is not None else self.encode(x)  # (B, D) each
         b, d = mean.shape
         dtype = torch.promote_types(mean.dtype, torch.float32)
         std = torch.exp(0.5 * log_var)
@@ -327,8 +199,6 @@ class ConvVAE(VAE):
 
 def build_model(config: ModelConfig | None = None, **overrides) -> nn.Module:
     """The model a ModelConfig describes, with field overrides; `model.config` keeps it."""
-    from .hvae import HierarchicalVAE
-
     config = (config or ModelConfig()).replace(**overrides)
     cls = {"conv": ConvVAE, "seed": SeedVAE, "hvae": HierarchicalVAE}[config.kind]
     return cls(config)

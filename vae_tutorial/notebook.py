@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from . import runtime
-from .config import TrainConfig, preset
+from .config import TrainConfig, preset, run_name
 from .data import PartialDatasetWarning
 
 FAST = runtime.fast_mode()  # fast mode: a few hundred images, seconds per notebook
@@ -55,11 +55,12 @@ def load_run(config: TrainConfig | None = None):
     says which), else the half-precision weights committed under results/ for that preset,
     else those of the cpu preset. Without any of them the error names the command to run.
     """
+    from . import checkpoint
     from .checkpoint import load_checkpoint, load_model
     from .train import train
 
     cfg = config or preset()
-    path = Path(cfg.out_dir) / "checkpoint.pt"
+    path = checkpoint.path(cfg.out_dir)
     if runtime.fast_mode():
         train(cfg.replace(progress=False))
         source = f"trained here in fast mode ({cfg.out_dir})"
@@ -67,11 +68,12 @@ def load_run(config: TrainConfig | None = None):
         ckpt = load_checkpoint(path)
         done = ckpt["epoch"] >= ckpt["config"]["epochs"] or (
             ckpt["history"] and ckpt["history"][-1].get("partial"))
-        source = f"{path}" + ("" if done else f", interrupted after epoch {ckpt['epoch']}: "
-                              f"finish it with `{train_command(cfg)}`")
+        shown = path.relative_to(runtime.checkout_dir()) if path.is_relative_to(
+            runtime.checkout_dir()) else path
+        source = f"your run {shown}" + ("" if done else f", interrupted after epoch "
+                                        f"{ckpt['epoch']}: finish it with `{train_command(cfg)}`")
     else:
-        folder = f"{cfg.model.kind}-{{}}"
-        candidates = [runtime.results_dir() / folder.format(name) / "model-fp16.pt"
+        candidates = [runtime.results_dir() / run_name(cfg.model.kind, name) / "model-fp16.pt"
                       for name in dict.fromkeys((cfg.preset, "cpu"))]
         path = next((p for p in candidates if p.exists()), None)
         if path is None:

@@ -43,14 +43,14 @@ def plot_history(history: list[dict], axes=None):
 
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    epochs = [h["epoch"] for h in history]
     panels = [("bpd", "negative ELBO (bits/dim)", 1.0),
               ("reconstruction", "-log p(x|z) (nats)", -1.0),
               ("kl", "KL(q(z|x) || p(z)) (nats)", 1.0)]
     for ax, (key, label, sign) in zip(axes, panels):
         for split, style in (("train", "-"), ("test", "--")):
-            values = [sign * h[f"{split}_{key}"] for h in history if f"{split}_{key}" in h]
-            ax.plot(epochs[:len(values)], values, style, marker="o", ms=3, label=split)
+            points = [(h["epoch"], sign * h[f"{split}_{key}"]) for h in history
+                      if f"{split}_{key}" in h]
+            ax.plot(*zip(*points), style, marker="o", ms=3, label=split)
         ax.set_xlabel("epoch")
         ax.set_title(label)
         ax.legend()

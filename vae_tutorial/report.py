@@ -1,8 +1,9 @@
-"""The README's tables of measured numbers, generated from the JSON files under results/.
+"""The tables of measured numbers in README.md and DATA.md, generated from results/.
 
-`python -m vae_tutorial report` prints them; `--write README.md` replaces each table between its
-`<!-- report:NAME -->` and `<!-- /report:NAME -->` markers. A test checks that the README holds
-exactly what this module generates, so no number there is typed by hand.
+`python -m vae_tutorial report` prints them; `--write FILE` replaces each table between its
+`<!-- report:NAME -->` and `<!-- /report:NAME -->` markers (`write_all` does both files). A test
+checks that both files hold exactly what this module generates, so no number there is typed by
+hand.
 """
 
 from __future__ import annotations
@@ -30,30 +31,93 @@ def _params(model: str) -> str:
     return f"{count_parameters(net) / 1e6:.1f} M"
 
 
-RUNS = [  # folder under results/, model, label
-    ("conv-cpu", "conv", "**ConvVAE**"),
-    ("conv-cpu-fp32", "conv", "ConvVAE in fp32 (`--set amp=false`)"),
-    ("seed-cpu", "seed", "SeedVAE, the seed's network fixed, same time"),
+RUNS = [  # folder under results/, model, label, training data
+    ("conv-cpu", "conv", "**ConvVAE**", "JPEG 50,000 + exact 5,085 x10"),
+    ("conv-cpu-fp32", "conv", "ConvVAE in fp32 (`--set amp=false`)",
+     "JPEG 50,000 + exact 5,085 x10"),
+    ("seed-cpu", "seed", "SeedVAE, the seed's network fixed, same time",
+     "JPEG 50,000 + exact 5,085 x10"),
+    ("hvae-cpu", "hvae", "**hierarchical VAE**", "exact 5,085, mirrored at random"),
+]
+SHIFT_RUNS = [  # the data-mix runs of DATA.md: folder, training data
+    ("conv-cpu-exact23pct", "JPEG 50,000 + exact 5,085 x3 (23% exact)"),
+    ("conv-cpu-fp32", "JPEG 50,000 + exact 5,085 x10 (50% exact)"),
+    ("conv-cpu", "JPEG 50,000 + exact 5,085 x10 (50% exact)"),
+    ("hvae-cpu", "exact 5,085 only, mirrored at random"),
 ]
 
 
+def _minutes(history: list[dict]) -> float:
+    return sum(h["seconds"] for h in history) / 60
+
+
 def training_table(results: Path) -> str:
-    """ConvVAE against the seed's network: training time and exact-test bits/dim."""
-    lines = ["| model (`cpu` preset, same data, same likelihood) | parameters | epochs "
-             "| training time | precision | test ELBO | test log-likelihood, IWAE |",
-             "|---|---|---|---|---|---|---|"]
-    for folder, model, label in RUNS:
+    """Each model's `cpu` run: training time, hardware, and exact-test bits/dim."""
+    lines = ["| model (`cpu` preset) | parameters | training data | epochs | training time "
+             "| hardware, precision | test ELBO | test log-likelihood, IWAE |",
+             "|---|---|---|---|---|---|---|---|"]
+    for folder, model, label, data in RUNS:
         run = Path(results) / folder
         if not (run / "eval.json").exists():
             continue
         history, ev = _load(run / "history.json"), _load(run / "eval.json")
-        minutes = sum(h["seconds"] for h in history) / 60
         precision = history[-1].get("precision", "fp32")
         epochs = f"{history[-1]['epoch']}{' (last partial)' if history[-1].get('partial') else ''}"
         iwae = f"{ev['iwae_bits_per_dim']:.3f} bits/dim (k={ev['num_samples']})"
-        lines.append(f"| {label} | {_params(model)} | {epochs} "
-                     f"| {minutes:.1f} min | {precision} | {ev['bits_per_dim']:.3f} bits/dim "
-                     f"| {'**' + iwae + '**' if folder == 'conv-cpu' else iwae} |")
+        lines.append(f"| {label} | {_params(model)} | {data} | {epochs} "
+                     f"| {_minutes(history):.1f} min | {ev['hardware']}, {precision} "
+                     f"| {ev['bits_per_dim']:.3f} bits/dim "
+                     f"| {'**' + iwae + '**' if label.startswith('**') else iwae} |")
+    return "\n".join(lines)
+
+
+def minutes_to_reach(history: list[dict], bpd: float) -> float | None:
+    """Minutes of training until the end of the first epoch whose exact-test ELBO was at most
+    `bpd` bits/dim, or None if no epoch got there."""
+    spent = 0.0
+    for h in history:
+        spent += h["seconds"]
+        if h.get("test_bpd", float("inf")) <= bpd:
+            return spent / 60
+    return None
+
+
+def time_to_quality_table(results: Path, targets=(5.4, 5.0)) -> str:
+    """Minutes of training to reach each target (test ELBO on the exact images)."""
+    head = " | ".join(f"to {t} bits/dim" for t in targets)
+    lines = [f"| model (`cpu` preset) | {head} | best test ELBO (after) | hardware, precision |",
+             "|---|" + "---|" * (len(targets) + 2)]
+    for folder, _, label, _ in RUNS:
+        run = Path(results) / folder
+        if not (run / "eval.json").exists() or folder.endswith("fp32"):
+            continue
+        history, ev = _load(run / "history.json"), _load(run / "eval.json")
+        cells = []
+        for t in targets:
+            m = minutes_to_reach(history, t)
+            cells.append(f"{m:.1f} min" if m is not None else "not reached")
+        best = min(history, key=lambda h: h["test_bpd"])
+        spent = minutes_to_reach(history, best["test_bpd"])
+        lines.append(f"| {label.strip('*')} | {' | '.join(cells)} | {best['test_bpd']:.3f} "
+                     f"({spent:.1f} min) | {ev['hardware']}, "
+                     f"{history[-1].get('precision', 'fp32')} |")
+    return "\n".join(lines)
+
+
+def shift_table(results: Path) -> str:
+    """Training against exact-test bits/dim after epoch 3 and at the end, per data mix."""
+    lines = ["| run (`results/...`) | training data | epoch 3: train / exact test | "
+             "last epoch: train / exact test |", "|---|---|---|---|"]
+    for folder, data in SHIFT_RUNS:
+        path = Path(results) / folder / "history.json"
+        if not path.exists():
+            continue
+        history = _load(path)
+        cells = []
+        for h in (history[min(2, len(history) - 1)], history[-1]):
+            cells.append(f"{h['train_bpd']:.2f} / {h['test_bpd']:.2f} "
+                         f"(gap {h['test_bpd'] - h['train_bpd']:+.2f}, epoch {h['epoch']})")
+        lines.append(f"| `{folder}` | {data} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
@@ -97,8 +161,30 @@ def tables(results: Path = Path("results")) -> dict[str, str]:
     """Every generated table, by marker name."""
     results = Path(results)
     return {"training": training_table(results),
+            "time-to-quality": time_to_quality_table(results),
+            "data-shift": shift_table(results),
             "bench-cpu": bench_table(results / "bench-cpu.json"),
             "loading-cpu": loading_table(results / "bench-loading-cpu.json")}
+
+
+FILES = ("README.md", "DATA.md")  # the files whose markers hold generated tables
+
+
+def markers(text: str) -> list[str]:
+    """The names of the report blocks a text has."""
+    return re.findall(r"<!-- report:([\w-]+) -->", text)
+
+
+def write_all(checkout: Path, results: Path) -> list[Path]:
+    """Regenerate the report blocks of README.md and DATA.md in place; returns the files."""
+    generated = tables(results)
+    written = []
+    for name in FILES:
+        path = Path(checkout) / name
+        text = path.read_text()
+        path.write_text(fill(text, {k: generated[k] for k in markers(text)}))
+        written.append(path)
+    return written
 
 
 def fill(text: str, generated: dict[str, str]) -> str:

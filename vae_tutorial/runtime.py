@@ -19,6 +19,10 @@ FAST_ENV = "VAE_TUTORIAL_FAST"  # 1: fast mode, a few hundred images and a tiny 
 PRESET_ENV = "VAE_TUTORIAL_PRESET"  # the preset notebooks show (default: gpu on CUDA, else cpu)
 FIGURES_ENV = "VAE_TUTORIAL_FIGURES"  # where figures go (default: figures/, fast: runs/...)
 TRUE = {"1", "true", "yes", "on"}  # values that switch a flag on
+FALSE = {"0", "false", "no", "off"}  # values that switch it off
+# set by torchrun for each process, read by world(); and one that cuBLAS reads for determinism
+WORLD_SIZE_ENV, RANK_ENV, LOCAL_RANK_ENV = "WORLD_SIZE", "RANK", "LOCAL_RANK"
+CUBLAS_ENV = "CUBLAS_WORKSPACE_CONFIG"
 
 
 def _flag(name: str) -> bool:
@@ -73,7 +77,7 @@ def figures_dir() -> Path:
     so that tests and smoke runs never overwrite the committed figures of the full run."""
     env = os.environ.get(FIGURES_ENV, "").strip()
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser().resolve()
     return runs_dir() / "figures-fast" if fast_mode() else checkout_dir() / "figures"
 
 
@@ -82,10 +86,38 @@ def preset_name() -> str:
     machine and cpu elsewhere."""
     if fast_mode():
         return "fast"
-    return os.environ.get(PRESET_ENV, "").strip() or ("gpu" if torch.cuda.is_available() else "cpu")
+    return os.environ.get(PRESET_ENV, "").strip() or device_preset(pick_device())
 
 
 # --- device and precision -----------------------------------------------------------------------
+
+def world() -> tuple[int, int]:
+    """(world size, local rank) of this process: (1, 0) unless launched by torchrun."""
+    return (int(os.environ.get(WORLD_SIZE_ENV, "1")),
+            int(os.environ.get(LOCAL_RANK_ENV, os.environ.get(RANK_ENV, "0"))))
+
+
+def use_deterministic_algorithms() -> None:
+    """Bit-reproducible kernels (slower on a GPU), cuBLAS's workspace setting included."""
+    os.environ.setdefault(CUBLAS_ENV, ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+
+
+def channels_last_default(device: torch.device) -> bool:
+    """NHWC memory layout on CUDA (tensor-core convolutions); measured no faster on CPUs."""
+    return device.type == "cuda"
+
+
+def fused_adam(device: torch.device) -> bool:
+    """Adam's update as one kernel for all parameters: on CUDA."""
+    return device.type == "cuda"
+
+
+def device_preset(device: torch.device) -> str:
+    """The preset whose architecture suits the device: gpu on CUDA, cpu elsewhere."""
+    return "gpu" if device.type == "cuda" else "cpu"
+
 
 def pick_device(name: str = "auto") -> torch.device:
     """cuda, then mps, then cpu for "auto"; otherwise the named device, checked."""
@@ -109,14 +141,19 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags Linux reports in /proc/cpuinfo (empty elsewhere)."""
+def _cpuinfo(key: str) -> str:
+    """The first value of `key` in /proc/cpuinfo (Linux), else ''."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
-    m = re.search(r"^(?:flags|Features)\s*:(.*)$", text, re.M)
-    return set(m.group(1).split()) if m else set()
+        return ""
+    m = re.search(rf"^{key}\s*:(.*)$", text, re.M)
+    return m.group(1).strip() if m else ""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports in /proc/cpuinfo (empty elsewhere)."""
+    return set((_cpuinfo("flags") or _cpuinfo("Features")).split())
 
 
 def cpu_bf16_native() -> bool:
@@ -151,4 +188,5 @@ def hardware(device: torch.device | None = None) -> str:
     if device.type == "cuda":
         return f"GPU {torch.cuda.get_device_name(device)}"
     bf16 = ", native bf16" if cpu_bf16_native() else ""
-    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores{bf16}"
+    name = _cpuinfo("model name") or platform.processor() or platform.machine()
+    return f"CPU {name} ({platform.machine()}), {os.cpu_count()} cores{bf16}"

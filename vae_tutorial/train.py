@@ -76,7 +76,7 @@ def load_training_data(cfg: TrainConfig):
 
 def _distributed() -> tuple[int, int]:
     """(rank, world_size), initialising the process group when launched by torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = runtime.world()[0]
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
@@ -116,7 +116,7 @@ class Run:
 
     @property
     def ckpt_path(self) -> Path:
-        return Path(self.cfg.out_dir) / "checkpoint.pt"
+        return checkpoint.path(self.cfg.out_dir)
 
     @property
     def show(self) -> bool:
@@ -131,27 +131,27 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
                          "clock would stop it at a different step")
     device = runtime.pick_device(cfg.device)
     if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        device = torch.device("cuda", runtime.world()[1])
         torch.cuda.set_device(device)
     if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
+        runtime.use_deterministic_algorithms()
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+    channels_last = (cfg.channels_last if cfg.channels_last is not None
+                     else runtime.channels_last_default(device))
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=device.type == "cuda")  # one kernel for all parameters
+                            fused=runtime.fused_adam(device))
     history, pos = [], Position()
-    ckpt_path = Path(cfg.out_dir) / "checkpoint.pt"
     if resume:
-        state = checkpoint.resume(ckpt_path, model, opt, device)
+        state = checkpoint.resume(checkpoint.path(cfg.out_dir), model, opt, device, cfg)
         history, pos = state["history"], Position(**state["position"])
+        if world > 1:  # rank 0's generator state was saved: give each process its own again
+            torch.manual_seed(cfg.seed + 1000 * rank + pos.step)
     else:
         torch.manual_seed(cfg.seed + 1000 * rank)  # distinct sampling noise per process
 
@@ -160,7 +160,7 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     # is still visited, since each epoch's order differs.
     loader = CifarLoader(x, y, batch_size=cfg.batch_size, device=device, shuffle=True,
                          drop_last=True, seed=cfg.seed, channels_last=channels_last,
-                         rank=rank, world_size=world)
+                         rank=rank, world_size=world, hflip=cfg.hflip)
     if len(loader) == 0:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(x)} training images")
     test_loader = CifarLoader(tx, ty, batch_size=500, device=device, shuffle=False,
@@ -181,7 +181,8 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
 
 
 def train_step(run: Run, x: torch.Tensor, lr: float, kl_weight: float):
-    """One optimizer step on the batch x: (ELBO terms, gradient norm before clipping).
+    """One optimizer step on the batch x: (ELBO terms, gradient norm before clipping, or None
+    when the step was skipped for a gradient norm above grad_skip, NaN included).
 
     No host sync unless grad_skip is set (then one, to decide whether to skip)."""
     cfg, opt = run.cfg, run.opt
@@ -194,10 +195,10 @@ def train_step(run: Run, x: torch.Tensor, lr: float, kl_weight: float):
     opt.zero_grad(set_to_none=True)
     loss.backward()
     gnorm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
-    if cfg.grad_skip is not None and not gnorm <= cfg.grad_skip:  # also skips NaN norms
+    if cfg.grad_skip is not None and not gnorm <= cfg.grad_skip:  # NaN norms too
         run.pos.skipped += 1
-    else:
-        opt.step()
+        return out, None
+    opt.step()
     return out, torch.where(torch.isfinite(loss), gnorm, loss.detach())
 
 
@@ -233,9 +234,10 @@ def run_epoch(run: Run) -> dict | None:
         lr = lr_at(cfg, pos.step, total_steps, progress)
         kl_w = kl_weight_at(cfg, pos.epoch + i / steps_per_epoch)
         out, gnorm = train_step(run, xb, lr, kl_w)
-        nonfinite |= ~torch.isfinite(gnorm)
-        sums += torch.stack([out.elbo.sum(), out.reconstruction.sum(), out.kl.sum()]).detach()
-        pos.seen += len(xb)
+        if gnorm is not None:  # skipped steps change nothing and are not averaged
+            nonfinite |= ~torch.isfinite(gnorm)
+            sums += torch.stack([out.elbo.sum(), out.reconstruction.sum(), out.kl.sum()]).detach()
+            pos.seen += len(xb)
         pos.step += 1
         pos.batch = i + 1
         if (i + 1) % cfg.log_every == 0 or i + 1 == steps_per_epoch:
@@ -250,9 +252,16 @@ def run_epoch(run: Run) -> dict | None:
                 bar.set_postfix(bpd=f"{losses.bits_per_dim(pos.sums[0] / pos.seen):.3f}",
                                 kl=f"{pos.sums[2] / pos.seen:.1f}")
             due = time.perf_counter() - run.last_save >= 60 * cfg.checkpoint_minutes
-            if due and i + 1 < steps_per_epoch:
+            if due and i + 1 < steps_per_epoch and run.world == 1:  # (DDP: at epoch ends)
                 _save(run)  # mid-epoch: the loader's position, accumulators and RNG too
     bar.close()
+    if pos.seen == 0 and pos.skipped > 0:
+        raise TrainingDiverged(f"every step of epoch {pos.epoch + 1} was skipped: gradient norms "
+                               f"above grad_skip ({cfg.grad_skip:g}). Raise grad_skip or lower lr.")
+    if bool(nonfinite):  # the steps after the last sync (a time limit can stop anywhere)
+        raise TrainingDiverged(f"loss or gradient became NaN/inf at epoch {pos.epoch + 1}, "
+                               f"step {pos.step}. {run.ckpt_path} (last good state) was left "
+                               "untouched.")
     seconds = time.perf_counter() - t0
     if pos.seen == 0:
         return None
@@ -266,7 +275,8 @@ def run_epoch(run: Run) -> dict | None:
             "train_elbo": tr[0], "train_reconstruction": tr[1], "train_kl": tr[2],
             "train_bpd": losses.bits_per_dim(tr[0]), "lr": lr, "kl_weight": kl_w,
             "precision": "bf16" if run.amp_dtype == torch.bfloat16 else "fp32",
-            "seconds": seconds, "images_per_second": seen / seconds, "skipped": pos.skipped}
+            "hardware": runtime.hardware(run.device), "seconds": seconds,
+            "images_per_second": seen / seconds, "skipped": pos.skipped}
 
 
 def end_epoch(run: Run, record: dict) -> dict:
@@ -299,7 +309,8 @@ def _write_history(out_dir: Path, history: list[dict]) -> None:
     os.replace(tmp, out_dir / "history.json")
     if history:
         with open(out_dir / "history.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(history[-1]))
+            fields = list(dict.fromkeys(k for h in history for k in h))  # every key, in order
+            w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(history)
 
