@@ -211,6 +211,11 @@ def test_unknown_field_and_preset(workspace, env, capsys):
                          workspace, capsys)
 
 
+@pytest.mark.parametrize("name", ["../elsewhere", "a/b", "", ".."])
+def test_results_name_is_one_folder_name(name, workspace, env, capsys):
+    check_one_line_error(["results", "--name", name], "--name", workspace, capsys)
+
+
 def test_the_table_is_large_and_counted():
     """The README's reliability paragraph quotes this count (pytest -q prints it too)."""
     n = len(config_cases()) + len(argument_cases())

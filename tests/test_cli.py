@@ -154,3 +154,24 @@ def test_lost_in_16_bits_counts_underflow_and_overflow():
     v = torch.tensor([1e-9, 1e-3, 1.0, 1e5, 0.0])  # the zero is not counted
     assert lost_in(v, torch.float16) == {"underflow": 0.25, "overflow": 0.25}
     assert lost_in(v, torch.bfloat16) == {"underflow": 0.0, "overflow": 0.0}
+
+
+def test_match_time_trains_one_model_for_another_runs_time(tmp_path, env, monkeypatch):
+    """`make compare`: --model seed --match-time conv reads conv's history and trains the seed's
+    network for that long, in its own run folder (this once failed on a duplicated `kind`)."""
+    from vae_tutorial import cli
+    from vae_tutorial import train as train_module
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(runtime, "runs_dir", lambda: tmp_path / "runs")
+    ref = tmp_path / "runs" / "conv-fast"
+    ref.mkdir(parents=True)
+    (ref / "history.json").write_text(json.dumps([{"seconds": 30.0}, {"seconds": 60.0}]))
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda cfg, resume: seen.append(cfg) or [])
+    assert cli.main(["train", "--model", "seed", "--match-time", "conv",
+                     "--set", "epochs=100"]) == 0
+    (cfg,) = seen
+    assert cfg.model.kind == "seed" and cfg.time_limit == 1.5 and cfg.epochs == 100
+    assert Path(cfg.out_dir) == tmp_path / "runs" / "seed-fast"

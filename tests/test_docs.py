@@ -3,6 +3,8 @@ paragraphs of their own, links that resolve inside the repository, one kernelspe
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,24 @@ def test_one_citation_year_for_kingma_and_welling():
     texts = [(REPO / "README.md").read_text()] + [t for _, t in _markdown_cells()]
     years = {y for t in texts for y in re.findall(r"Kingma (?:&|and) Welling,? (\d{4})", t)}
     assert years == {"2013"}
+
+
+def test_readme_counts_the_bad_input_cases_pytest_collects():
+    """The reliability paragraph's count is the number of cases of tests/test_bad_inputs.py."""
+    said = re.search(r"`pytest\s+tests/test_bad_inputs.py`\s+collects\s+(\d+)",
+                     (REPO / "README.md").read_text())
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q",
+                          "-p", "no:cacheprovider", "tests/test_bad_inputs.py"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    collected = re.search(r"(\d+) tests? collected", out)
+    assert said and collected and said.group(1) == collected.group(1), out[-300:]
+
+
+def test_readme_quotes_the_property_tests_example_counts():
+    """The reliability paragraph's example counts, in order, are those of test_properties.py."""
+    readme = (REPO / "README.md").read_text()
+    bullet = readme.split("**The maths holds for any input**")[1].split("\n- **")[0]
+    said = [int(n) for n in re.findall(r"(\d+)(?: examples)?\)", bullet)]
+    used = [int(n) for n in re.findall(r"max_examples=(\d+)",
+                                        (REPO / "tests" / "test_properties.py").read_text())]
+    assert said == used

@@ -91,6 +91,13 @@ def output_file(text: str) -> Path:
     return path
 
 
+def folder_name(text: str) -> str:
+    """An argparse type: one folder name (letters, digits, '-', '_', '.'), not a path."""
+    if not text.strip("._") or not all(c.isalnum() or c in "-_." for c in text):
+        raise argparse.ArgumentTypeError(f"expected a folder name such as conv-cpu, got {text!r}")
+    return text
+
+
 def existing_dir(text: str) -> Path:
     """An argparse type: a folder that exists."""
     if not Path(text).is_dir():
@@ -108,7 +115,7 @@ def _config(args, **extra):
             over[name] = str(value) if isinstance(value, Path) else value
     if getattr(args, "device", None):
         over["device"] = args.device
-    return preset(args.preset, **over, **extra)
+    return preset(args.preset, **{**over, **extra})  # extra wins (--match-time's kind)
 
 
 def _checkpoint(args, cfg) -> Path:
@@ -267,7 +274,7 @@ def cmd_results(args) -> int:
     from .report import write_all
 
     run = Path(_config(args).out_dir)
-    dest = runtime.results_dir() / run.name
+    dest = runtime.results_dir() / (args.name or run.name)
     checkpoint.publish(run, dest, weights=args.weights)
     print(f"copied {run.name} to {dest}")
     for path in write_all(runtime.checkout_dir(), runtime.results_dir()):
@@ -410,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "their sha256 too), then regenerate the README's tables.")
     _common(p)
     p.add_argument("--weights", action="store_true", help="also export half-precision weights")
+    p.add_argument("--name", type=folder_name, help="folder under results/ (default: the run's, "
+                   "e.g. conv-cpu)")
     p.set_defaults(func=cmd_results)
     return parser
 
