@@ -31,25 +31,22 @@ def _params(model: str) -> str:
     return f"{count_parameters(net) / 1e6:.1f} M"
 
 
+MIX = "JPEG 50,000 + exact 5,085 x10"  # the ConvVAE and SeedVAE runs' training data (DATA.md)
 RUNS = [  # folder under results/, model, label, training data
-    ("conv-cpu", "conv", "**ConvVAE**", "JPEG 50,000 + exact 5,085 x10"),
-    ("conv-cpu-fp32", "conv", "ConvVAE in fp32 (`--set amp=false`)",
-     "JPEG 50,000 + exact 5,085 x10"),
-    ("seed-cpu", "seed", "SeedVAE, the seed's network fixed, same time",
-     "JPEG 50,000 + exact 5,085 x10"),
+    ("conv-cpu", "conv", "**ConvVAE**", MIX),
+    ("conv-cpu-fp32", "conv", "ConvVAE in fp32 (`--set amp=false`)", MIX),
+    ("seed-cpu", "seed", "SeedVAE, the seed's network fixed, same time", MIX),
     ("hvae-cpu", "hvae", "**hierarchical VAE**", "exact 5,085, mirrored at random"),
-    ("conv-cpu-epyc", "conv", "ConvVAE again, on the hierarchical VAE's machine",
-     "JPEG 50,000 + exact 5,085 x10"),
-    ("seed-cpu-epyc", "seed", "SeedVAE again, same time as that ConvVAE",
-     "JPEG 50,000 + exact 5,085 x10"),
+    ("conv-cpu-epyc", "conv", "ConvVAE again, on the hierarchical VAE's machine", MIX),
+    ("seed-cpu-epyc", "seed", "SeedVAE again, same time as that ConvVAE", MIX),
 ]
 # The time-to-quality race: one machine for all three models (folder, label).
 RACE = [("conv-cpu-epyc", "ConvVAE"), ("seed-cpu-epyc", "SeedVAE, same time as ConvVAE"),
         ("hvae-cpu", "hierarchical VAE")]
 SHIFT_RUNS = [  # the data-mix runs of DATA.md: folder, training data
     ("conv-cpu-exact23pct", "JPEG 50,000 + exact 5,085 x3 (23% exact)"),
-    ("conv-cpu-fp32", "JPEG 50,000 + exact 5,085 x10 (50% exact)"),
-    ("conv-cpu", "JPEG 50,000 + exact 5,085 x10 (50% exact)"),
+    ("conv-cpu-fp32", f"{MIX} (50% exact)"),
+    ("conv-cpu", f"{MIX} (50% exact)"),
     ("hvae-cpu", "exact 5,085 only, mirrored at random"),
 ]
 
