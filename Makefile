@@ -32,7 +32,7 @@ DATA_ARGS := $(if $(PRESET),--preset $(PRESET)) $(if $(TRAIN_DATA),--data $(absp
 RUN_ARGS  := $(DATA_ARGS) $(if $(EXTRA_DATA),--set extra_data=$(abspath $(EXTRA_DATA)))
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
-.PHONY: tutorial test venv data train evaluate hvae notebooks compare sweep jpeg-copy results \
+.PHONY: tutorial test venv data train evaluate hvae ablations notebooks compare sweep jpeg-copy results \
         bench clean
 
 tutorial: venv data train evaluate hvae notebooks
@@ -41,13 +41,13 @@ tutorial: venv data train evaluate hvae notebooks
 test: venv
 	$(BIN)/ruff check .
 	VAE_TUTORIAL_FAST=1 $(BIN)/python -m pytest tests notebooks --nbval --nbval-current-env \
-	    --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider
+	    --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider -rs
 
 venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,site]'
 	touch $(STAMP)
 
 # Downloads and verifies the official archive into data/ unless VAE_TUTORIAL_DATA names a copy.
@@ -72,6 +72,18 @@ hvae: venv
 	$(VAE) train --model hvae $(if $(PRESET),--preset $(PRESET)) --resume
 	$(VAE) evaluate --model hvae $(if $(PRESET),--preset $(PRESET)) -k 100
 
+# Notebook 8's ablations, one change at a time from the hierarchical VAE, each with its budget
+# (30 minutes), data (the main data root's exact images, mirrored) and schedule: one group of
+# spatial latents at 16x16 with as many latent variables (26 x 16 x 16 = 6,656), and ConvVAE.
+HVAE_RECIPE := --set epochs=1000 --set time_limit=30 --set batch_size=64 --set lr=1e-3 \
+               --set kl_warmup_epochs=15 --set hflip=true --set grad_skip=3e6
+ablations: venv
+	$(VAE) train --model hvae --preset cpu --set groups=0,0,1 --set zdims=32,16,26 \
+	    --out runs/hvae-cpu-onegroup --resume
+	$(VAE) evaluate runs/hvae-cpu-onegroup/checkpoint.pt -k 100 --json runs/hvae-cpu-onegroup/eval.json
+	$(VAE) train --model conv --preset cpu $(HVAE_RECIPE) --out runs/conv-cpu-exact --resume
+	$(VAE) evaluate runs/conv-cpu-exact/checkpoint.pt -k 100 --json runs/conv-cpu-exact/eval.json
+
 # The seed's network trained for the same wall time as ConvVAE, same data and likelihood.
 compare: venv
 	$(VAE) train --model seed --match-time conv --set epochs=100 $(RUN_ARGS) --resume
@@ -81,6 +93,13 @@ compare: venv
 # collapse counter-measures, on the main data root's first 5,085 training images.
 sweep: venv
 	$(BIN)/python -m vae_tutorial.sweep
+
+# The book: README, the notebooks (their stored outputs, not re-executed) and DATA.md as a
+# static site in build/site, MathJax included: nothing is fetched from the internet.
+.PHONY: site
+site: venv
+	$(BIN)/python -m sphinx -b html -c docs -W --keep-going -q -d build/site-doctrees . build/site
+	@echo "site: open build/site/index.html"
 
 notebooks: venv
 	cd notebooks && for nb in $(notdir $(NOTEBOOKS)); do \
@@ -102,6 +121,11 @@ bench: venv
 	$(VAE) bench $(DATA_ARGS) --iwae-images 20 --json results/bench-cpu.json
 	$(VAE) bench --loading-only $(DATA_ARGS) --repeats 3 --json results/bench-loading-cpu.json
 	$(VAE) report --write README.md
+
+# On a GPU machine, no venv needed: bench and two gpu runs, evaluated, in MINUTES (default 8).
+gpu-check:
+	$(PYTHON) -m vae_tutorial gpu-check --minutes $(or $(MINUTES),8) \
+	    $(if $(TRAIN_DATA),--train-data $(abspath $(TRAIN_DATA)))
 
 # Fast-mode leftovers only: runs/*-fast, the fast sweep and figures; full runs are kept.
 clean:

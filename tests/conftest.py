@@ -43,3 +43,7 @@ def _seed_and_isolate(monkeypatch, tmp_path):
     """Every test starts from seed 0 and writes figures to its own temporary folder."""
     torch.manual_seed(0)
     monkeypatch.setenv("VAE_TUTORIAL_FIGURES", str(tmp_path / "figures"))
+    # no precision probe in tests (quick, deterministic): bf16 wherever it is eligible, as the
+    # reference weights were recorded; tests of the probe set "auto" and their own cache file
+    monkeypatch.setenv("VAE_TUTORIAL_PRECISION", "bf16")
+    monkeypatch.setenv("VAE_TUTORIAL_PRECISION_CACHE", str(tmp_path / "precision.json"))

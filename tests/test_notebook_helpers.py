@@ -13,7 +13,7 @@ from vae_tutorial.train import StopTraining, train
 def tiny(subset_root, tmp_path, monkeypatch):
     monkeypatch.setenv(runtime.FAST_ENV, "0")
     return preset("cpu", data=str(subset_root), allow_partial=True, train_limit=128,
-                  test_limit=32, batch_size=32, epochs=2, progress=False, width=8,
+                  test_limit=32, batch_size=32, epochs=2, progress=False, width=8, valid_size=32,
                   latent_dim=8, out_dir=str(tmp_path / "run"))
 
 

@@ -26,9 +26,12 @@ def conda_packages() -> set[str]:
     names = set()
     text = (REPO / "environment.yml").read_text()
     for line in text.split("\ndependencies:", 1)[1].splitlines():
-        m = re.match(r"^  - ([A-Za-z0-9_.-]+)", line)  # top-level dependencies only
+        m = re.match(r"^  - ([A-Za-z0-9_.-]+)", line)  # conda-forge packages
         if m and m.group(1) not in ("python", "pip"):
             names.add(CONDA_TO_PIP.get(_name(m.group(1)), _name(m.group(1))))
+        m = re.match(r"^      - ([A-Za-z0-9_][A-Za-z0-9_.-]*)", line)  # PyPI-only, under pip:
+        if m:
+            names.add(_name(m.group(1)))
     return names
 
 

@@ -66,6 +66,13 @@ def test_minutes_to_reach_counts_whole_epochs_until_the_target():
     assert minutes_to_reach(history, 5.4) == 2.0
     assert minutes_to_reach(history, 6.0) == 1.0
     assert minutes_to_reach(history, 5.0) is None
+    # a target touched and given back counts from when the run stays below it
+    dip = [{"seconds": 60.0, "test_bpd": 5.3}, {"seconds": 60.0, "test_bpd": 5.57},
+           {"seconds": 60.0, "test_bpd": 5.35}, {"seconds": 60.0, "test_bpd": 5.2}]
+    assert minutes_to_reach(dip, 5.4) == 3.0 and minutes_to_reach(dip, 5.25) == 4.0
+    # a run with a validation split is timed on it, not on the test images
+    valid = [{"seconds": 60.0, "valid_bpd": 5.3, "valid_bpd_se": 0.02}]
+    assert minutes_to_reach(valid, 5.4) == 1.0
 
 
 def test_time_to_quality_says_not_reached(tmp_path):

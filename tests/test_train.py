@@ -15,6 +15,7 @@ from vae_tutorial import runtime
 from vae_tutorial import train as train_module
 from vae_tutorial.checkpoint import CheckpointError, load_checkpoint, load_model, save_atomic
 from vae_tutorial.config import PRESETS, ConfigError, TrainConfig, preset
+from vae_tutorial.model import build_model
 from vae_tutorial.train import StopTraining, TrainingDiverged, kl_weight_at, lr_at, train
 
 REFERENCE = Path(__file__).parent / "data" / "fast_reference.json"
@@ -74,36 +75,76 @@ def test_folders_are_resolved_once_into_the_config(monkeypatch, tmp_path):
     assert c.replace(lr=1.0).test_data == c.test_data  # kept, not re-resolved
 
 
-def _weights_digest(path) -> tuple[str, dict]:
+def _weights_digest(path) -> str:
     sd = load_checkpoint(path)["model"]
     digest = hashlib.sha256()
     for k in sorted(sd):
         digest.update(k.encode())
         digest.update(sd[k].cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest(), {k: float(sd[k].double().abs().sum()) for k in sorted(sd)}
+    return digest.hexdigest()
+
+
+def _sketch(state_dict) -> list[float]:
+    """64 seeded random projections of all weights: distances between sketches approximate
+    distances between the weight vectors (Johnson-Lindenstrauss), from a few hundred bytes."""
+    w = torch.cat([state_dict[k].double().flatten() for k in sorted(state_dict)])
+    g = torch.Generator().manual_seed(0)
+    return ((torch.randn(64, len(w), generator=g, dtype=torch.float64) @ w) / 8).tolist()
+
+
+def init_sketch() -> list[float]:
+    """The sketch of the fast preset's initial weights (seed 0), where training starts."""
+    torch.manual_seed(0)
+    return _sketch(build_model(preset("fast").model).state_dict())
+
+
+def fast_reference_run(root, out_dir, precision: str) -> dict:
+    """The reference recipe: two epochs of the fast preset, seed 0, on the CPU, no validation
+    split; amp asks for bf16 (the history says which precision ran)."""
+    cfg = preset("fast", data=str(root), allow_partial=True, out_dir=str(out_dir), progress=False,
+                 device="cpu", amp=precision == "bf16", valid_size=0)
+    history = train(cfg)
+    path = Path(out_dir) / "checkpoint.pt"
+    return {"precision": history[-1]["precision"], "sha256": _weights_digest(path),
+            "sketch": _sketch(load_checkpoint(path)["model"]),
+            "test_elbo": history[-1]["test_elbo"]}
+
+
+# How far from the reference another machine may land, as a fraction of the distance training
+# moved the weights. Measured on the recording machine: bf16 autocast against fp32 0.001 (so
+# rounding differences are far smaller); a 10% larger learning rate 0.015, one training image
+# fewer (another data order) 0.14, another seed 0.49.
+MOVED_TOLERANCE = 0.02
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_two_fast_epochs_reproduce_the_reference_weights(subset_root, tmp_path, precision):
     """Behaviour unchanged by refactoring: seed 0, two epochs of the fast preset give the
-    weights recorded before it, bit for bit on the same torch and CPU (elsewhere, where
-    kernels round differently, to 1e-3)."""
+    weights recorded by tests/data/record_fast_reference.py. Bit for bit only in the recorded
+    environment (the same CPU model, torch and capability); elsewhere, where kernels round
+    differently, to within MOVED_TOLERANCE of the distance training moved them."""
+    ref = json.loads(REFERENCE.read_text())
+    got = fast_reference_run(subset_root, tmp_path, precision)
+    expected = ref[got["precision"]]  # bf16 where this machine's policy allows, else fp32
+    if runtime.cpu_identity() == {k: ref[k] for k in ("cpu", "torch", "cpu_capability")}:
+        assert got["sha256"] == expected["sha256"]
+    init, want, have = (torch.tensor(v, dtype=torch.float64)
+                        for v in (ref["init_sketch"], expected["sketch"], got["sketch"]))
+    moved = float((have - want).norm() / (want - init).norm())
+    assert moved < MOVED_TOLERANCE, f"{moved:.3f} of training's step away from the reference"
+    assert got["test_elbo"] == pytest.approx(expected["test_elbo"], rel=2e-3)
+
+
+def test_the_tolerance_tells_another_data_order_apart(subset_root, tmp_path):
+    """The tolerance is no blanket pass: one training image fewer (so another order) fails."""
     ref = json.loads(REFERENCE.read_text())
     cfg = preset("fast", data=str(subset_root), allow_partial=True, out_dir=str(tmp_path),
-                 progress=False, device="cpu", amp=precision == "bf16")
-    history = train(cfg)
-    digest, sums = _weights_digest(tmp_path / "checkpoint.pt")
-    same_machine = (torch.__version__ == ref["torch"]
-                    and torch.backends.cpu.get_cpu_capability() == ref["cpu_capability"]
-                    and runtime.cpu_bf16_native() == ref["cpu_bf16_native"])
-    if precision == "bf16" and not runtime.cpu_bf16_native():
-        assert history[-1]["precision"] == "fp32"  # amp falls back: compare with fp32's
-        ref[precision] = ref["fp32"] if not ref["cpu_bf16_native"] else ref[precision]
-    if same_machine:
-        assert digest == ref[precision]["sha256"]
-    else:
-        for k, v in ref[precision]["abs_sum"].items():
-            assert sums[k] == pytest.approx(v, rel=1e-3, abs=1e-3), k
+                 progress=False, device="cpu", amp=False, valid_size=0, train_limit=511)
+    train(cfg)
+    init, want, have = (torch.tensor(v, dtype=torch.float64) for v in (
+        ref["init_sketch"], ref["fp32"]["sketch"],
+        _sketch(load_checkpoint(tmp_path / "checkpoint.pt")["model"])))
+    assert float((have - want).norm() / (want - init).norm()) > 5 * MOVED_TOLERANCE
 
 
 def test_schedules():
@@ -119,7 +160,7 @@ def test_schedules():
 def test_time_limit_stops_the_run_and_decays_the_lr_on_the_clock(cfg):
     history = train(cfg.replace(epochs=10_000, time_limit=0.05, lr_warmup_steps=1))  # 3 s
     assert 1 <= len(history) < 10_000
-    assert sum(h["seconds"] for h in history) < 3.0 + 2.0
+    assert sum(h["seconds"] for h in history) > 3.0 - 0.1  # it stopped on the clock, not before
     assert history[-1]["lr"] < 0.3 * cfg.lr  # the cosine decayed although few epochs ran
 
 

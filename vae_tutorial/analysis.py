@@ -1,8 +1,11 @@
 """Why VAE samples look like blobs: the computations of notebook 7, each tested.
 
-    the prior hole        encode_dataset, aggregate_log_density, aggregate_kl, hole_scores
-    rate and distortion   rate_distortion (from an evaluation), equal_elbo_lines
-    the amortization gap  refine_posterior, gaussian_elbo, gaps
+    what the code carries detail_energy, image_elbos, paired_difference
+    the prior hole        encode_dataset, aggregate_log_density, aggregate_kl, hole_scores,
+                          two_sample_test (a classifier tells prior draws from codes)
+    rate and distortion   rate_distortion (from an evaluation)
+    the amortization gap  refine_posterior (with its ELBO trace), gaussian_elbo, gaps
+    notebook 6            iwae_by_k (the bound against k), nearest_class_mean, kl_parts
 
 All of them work on single-latent models (z ~ N(0, I), q(z|x) a diagonal Gaussian): ConvVAE,
 SeedVAE and the linear-Gaussian reference model.
@@ -88,11 +91,13 @@ def gaussian_elbo(model, x: torch.Tensor, mean: torch.Tensor, log_var: torch.Ten
 
 
 def refine_posterior(model, x: torch.Tensor, steps: int = 100, lr: float = 0.05,
-                     num_samples: int = 4, init: tuple | None = None):
+                     num_samples: int = 4, init: tuple | None = None,
+                     trace: list | None = None):
     """Each image's own Gaussian q, optimised for its ELBO by Adam from the encoder's output
     (or `init`): returns (mean, log_var), detached. The learning rate decays along a cosine,
     so the last steps average out the Monte Carlo noise of the gradient. The model's weights
-    are not changed (their gradients are not even computed)."""
+    are not changed (their gradients are not even computed). With a list as `trace`, the
+    mean ELBO over the images before each step (num_samples draws each) is appended to it."""
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
@@ -107,6 +112,8 @@ def refine_posterior(model, x: torch.Tensor, steps: int = 100, lr: float = 0.05,
                 for g in opt.param_groups:
                     g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
                 loss = -gaussian_elbo(model, x, mean, log_var, num_samples).sum()
+                if trace is not None:
+                    trace.append(-loss.item() / len(x))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -120,17 +127,143 @@ def refine_posterior(model, x: torch.Tensor, steps: int = 100, lr: float = 0.05,
 def gaps(model, x: torch.Tensor, refined: tuple, num_samples: int = 1000,
          elbo_samples: int = 100, chunk: int = 256) -> dict:
     """Split log p(x) - ELBO (Cremer, Li & Duvenaud, 2018), in nats per image, averaged:
-        log p(x)          IWAE with num_samples draws from the refined q (the best proposal)
+        log p(x)          IWAE with num_samples draws from the refined q
+        iwae_encoder      IWAE with num_samples draws from the encoder's q (to compare)
         ELBO of the refined q, of the encoder's q (each from elbo_samples draws)
         approximation gap = log p(x) - ELBO(refined): the best Gaussian's shortfall
-        amortization gap  = ELBO(refined) - ELBO(encoder): the encoder's shortfall."""
+        amortization gap  = ELBO(refined) - ELBO(encoder): the encoder's shortfall.
+    A refinement that stops short of the best Gaussian q* makes the amortization gap too
+    small and the approximation gap too large; IWAE, below log p(x), makes the latter too
+    small. So the amortization gap is a lower bound; the approximation gap is neither."""
     with eval_mode(model):
         enc = model.encode(x)
         elbo_enc = gaussian_elbo(model, x, *enc, num_samples=elbo_samples)
         elbo_ref = gaussian_elbo(model, x, *refined, num_samples=elbo_samples)
         log_px = log_mean_exp(model.log_weights(x, num_samples, chunk, posterior=refined))
-    out = {"log_px": log_px, "elbo_refined": elbo_ref, "elbo_encoder": elbo_enc}
+        iwae_enc = log_mean_exp(model.log_weights(x, num_samples, chunk))
+    out = {"log_px": log_px, "iwae_encoder": iwae_enc, "elbo_refined": elbo_ref,
+           "elbo_encoder": elbo_enc}
     out = {k: float(v.double().mean()) for k, v in out.items()}
     out["approximation_gap"] = out["log_px"] - out["elbo_refined"]
     out["amortization_gap"] = out["elbo_refined"] - out["elbo_encoder"]
     return out
+
+
+# --- what the code carries, and prior draws against codes ----------------------------------------
+
+def detail_energy(images: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between horizontally and vertically neighbouring pixels of
+    each image, (N, C, H, W) -> (N,): the power of its finest detail (0 for a flat image,
+    1 for a black-and-white checkerboard)."""
+    dx = images[..., :, 1:] - images[..., :, :-1]
+    dy = images[..., 1:, :] - images[..., :-1, :]
+    return 0.5 * (dx.pow(2).flatten(1).mean(1) + dy.pow(2).flatten(1).mean(1))
+
+
+@torch.no_grad()
+def image_elbos(model, batches, num_samples: int = 1) -> torch.Tensor:
+    """The ELBO of every image of an iterable of (x, label) batches, (N,) nats, each from
+    num_samples draws of the encoder's q; the model is put in eval mode and restored."""
+    with eval_mode(model):
+        out = [gaussian_elbo(model, x, *model.encode(x), num_samples=num_samples)
+               for x, _ in batches]
+    return torch.cat(out).double().cpu()
+
+
+def paired_difference(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Mean of a - b over paired items (the same images) and its standard error, sd / sqrt(n):
+    the sampling error of the difference over those items, not over training runs."""
+    d = (a - b).double()
+    return float(d.mean()), float(d.std() / math.sqrt(len(d)))
+
+
+class _Classifier(torch.nn.Module):
+    """Standardise z with the training set's statistics, then logistic regression on
+    (z, z^2) (hidden = 0) or a one-hidden-layer MLP: the logit that z came from b."""
+
+    def __init__(self, shift: torch.Tensor, scale: torch.Tensor, hidden: int):
+        super().__init__()
+        self.register_buffer("shift", shift)
+        self.register_buffer("scale", scale)
+        d = len(shift)
+        self.net = (torch.nn.Linear(2 * d, 1) if hidden == 0 else torch.nn.Sequential(
+            torch.nn.Linear(d, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)))
+        self.hidden = hidden
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        u = (z - self.shift) / self.scale
+        if self.hidden == 0:
+            u = torch.cat([u, u.pow(2)], dim=1)
+        return self.net(u).squeeze(1)
+
+
+def two_sample_test(a_train: torch.Tensor, b_train: torch.Tensor, a_test: torch.Tensor,
+                    b_test: torch.Tensor, hidden: int = 0, steps: int = 500, lr: float = 0.01,
+                    weight_decay: float = 1e-4, seed: int = 0) -> dict:
+    """Classifier two-sample test (Lopez-Paz & Oquab, 2017): train a classifier to tell rows
+    of a from rows of b on the training sets (full-batch Adam, classes weighted equally),
+    and measure it on the held-out test sets. Returns the balanced held-out accuracy (the
+    mean of the two classes' accuracies: 0.5 when a and b are the same distribution, 1 when
+    they never overlap), its standard error over the test rows, and the classifier (a
+    module: z (M, D) -> logit that z came from b, (M,)). hidden = 0: logistic regression
+    on z and z^2, which sees differences of mean and of spread per dimension; hidden > 0:
+    an MLP with that many hidden units, which can see more."""
+    torch.manual_seed(seed)
+    a_train, b_train = a_train.float(), b_train.float()
+    both = torch.cat([a_train, b_train])
+    clf = _Classifier(both.mean(0), both.std(0).clamp_min(1e-6), hidden)
+    labels = torch.cat([torch.zeros(len(a_train)), torch.ones(len(b_train))])
+    weights = torch.cat([torch.full((len(a_train),), 0.5 / len(a_train)),
+                         torch.full((len(b_train),), 0.5 / len(b_train))])
+    opt = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(
+            clf(both), labels, reduction="none") * weights).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        acc_a = (clf(a_test.float()) < 0).double().mean()
+        acc_b = (clf(b_test.float()) > 0).double().mean()
+    accuracy = float(0.5 * (acc_a + acc_b))
+    se = 0.5 * math.sqrt(float(acc_a * (1 - acc_a)) / len(a_test)
+                         + float(acc_b * (1 - acc_b)) / len(b_test))
+    return {"accuracy": accuracy, "se": se, "n_test": len(a_test) + len(b_test),
+            "classifier": clf.eval().requires_grad_(False)}
+
+
+# Notebook 6: the IWAE bound against k, a nearest-class-mean probe, the two parts of the KL.
+
+def iwae_by_k(log_w: torch.Tensor, ks) -> dict[int, torch.Tensor]:
+    """Per-item estimates of L_k (Burda et al., 2015) for each k of ks from one draw of K
+    log-weights, (K, B) -> {k: (B,)}: the IWAE estimate averaged over the K // k disjoint
+    groups of k weights, unbiased for L_k; k = 1 is the mean log-weight (an ELBO estimate).
+    Each k must divide K. Computed in float64."""
+    out = {}
+    for k in ks:
+        if k < 1 or len(log_w) % k:
+            raise ValueError(f"k = {k} does not divide the {len(log_w)} log-weights")
+        groups = log_w.double().reshape(len(log_w) // k, k, *log_w.shape[1:])
+        out[k] = (torch.logsumexp(groups, dim=1) - math.log(k)).mean(0)
+    return out
+
+
+def nearest_class_mean(train: torch.Tensor, train_labels: torch.Tensor, test: torch.Tensor,
+                       test_labels: torch.Tensor) -> tuple[float, float]:
+    """Held-out accuracy of the nearest-class-mean rule (each test row takes the label of the
+    closest, in Euclidean distance, mean of a class's training rows) and its binomial standard
+    error sqrt(a (1 - a) / n). Rows are flattened: images and codes work alike."""
+    train, test = train.flatten(1).double(), test.flatten(1).double()
+    classes = train_labels.unique()  # sorted
+    centres = torch.stack([train[train_labels == c].mean(0) for c in classes])
+    predicted = classes[torch.cdist(test, centres).argmin(1)]
+    accuracy = float((predicted == test_labels).double().mean())
+    return accuracy, math.sqrt(accuracy * (1 - accuracy) / len(test))
+
+
+def kl_parts(mean: torch.Tensor, log_var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """KL(N(mean, exp(log_var)) || N(0, I)) of each row split in two, (B,) each: the means'
+    part (1/2) sum mean^2 and the variances' part (1/2) sum (var - 1 - log var), which is
+    zero only at unit variance. They add up to losses.gaussian_kl."""
+    mean, log_var = mean.double(), log_var.double()
+    return 0.5 * mean.pow(2).sum(-1), 0.5 * (log_var.exp() - 1 - log_var).sum(-1)

@@ -4,12 +4,16 @@ Every figure is the median of `repeats` timed blocks of `steps` training steps (
 batches), after warm-up. Rows:
   seed pipeline    torchvision CIFAR10 + ToTensor + DataLoader(num_workers=cpu_count//2,
                    pin_memory) + SeedVAE in fp32, the loss corrected (Bernoulli on [0, 1])
-  project, seed    CifarLoader (uint8 on the device) + the same SeedVAE, in the project's
-                   default precision (bf16 autocast where bf16 is native: Ampere+ GPUs,
-                   CPUs with AMX/AVX512-BF16) and, where that is bf16, in fp32 too
+  project, seed    CifarLoader (uint8 on the device) + the same SeedVAE, in the precision
+                   the trainer picks (precision.decide: on a CPU the probe, run afresh here)
+                   and, where bf16 is eligible, in the other precision too
   project, conv    CifarLoader + ConvVAE as in the cpu (or, on CUDA, gpu) preset, likewise
   project, hvae    CifarLoader + the hierarchical VAE of that preset, likewise
   iwae k=...       evaluation images/s of iwae_log_likelihood on ConvVAE (fp32)
+The JSON also holds the precision decision with the probe's figures, and a roofline: each
+model's FLOP per image of a training step (torch.utils.flop_counter, forward and backward),
+the GFLOP/s its rows reach, and their fraction of a reference measured in the same run, one
+large 3x3 convolution (precision.REFERENCE) forward and backward in the same precision.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from typing import Iterator
 
 import torch
 
-from . import runtime
+from . import precision, runtime
 from .config import TrainConfig, preset
 from .data import CifarLoader, PartialDatasetWarning, load_cifar10
 from .evaluate import iwae_log_likelihood
@@ -79,6 +83,38 @@ def time_training(model, batches, device, steps: int, repeats: int,
         _sync(device)
         rates.append(n / (time.perf_counter() - t0))
     return rates
+
+
+def flop_per_image(model: torch.nn.Module, batch: int = 4) -> float:
+    """FLOP of one training step per image, forward and backward, as torch.utils.flop_counter
+    counts them (convolutions and matrix products; elementwise work and the optimizer are not
+    counted). Runs on a copy on the CPU in fp32; the random state is left as it was."""
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = copy.deepcopy(model).cpu().float().train()
+    with torch.random.fork_rng(devices=[]):
+        x = torch.randint(0, 256, (batch, 3, 32, 32)).float().div(255)
+        with FlopCounterMode(display=False) as counter:
+            (-net(x).elbo.mean()).backward()
+    return counter.get_total_flops() / batch
+
+
+def roofline(rows: list[dict], flop: dict[str, float], reference: dict) -> list[dict]:
+    """One row per model and precision: FLOP per image, the training rate of its bench row,
+    the GFLOP/s that makes, and its fraction of the reference convolution's GFLOP/s."""
+    out = []
+    for r in rows:
+        kind, prec = r.get("model"), r.get("precision")
+        if kind not in flop or r.get("variant") or prec not in reference:
+            continue
+        gflops = flop[kind] * r["median"] / 1e9
+        out.append({"model": r["label"], "precision": prec, "picked": r.get("picked", False),
+                    "mflop_per_image": flop[kind] / 1e6, "images_per_second": r["median"],
+                    "gflops": gflops, "reference_gflops": reference[prec],
+                    "fraction_of_reference": gflops / reference[prec]})
+    return out
 
 
 def lost_in(values: torch.Tensor, dtype: torch.dtype) -> dict:
@@ -181,6 +217,8 @@ def run_bench(args, cfg: TrainConfig) -> int:
     rows = []
 
     def add(name, rates, unit="train img/s", **extra):
+        if "precision" in extra:
+            extra["picked"] = extra["precision"] == decision.precision
         med = statistics.median(rates)
         rows.append({"name": name, "unit": unit, "median": med,
                      "repeats": [round(r, 1) for r in rates], **extra})
@@ -198,9 +236,13 @@ def run_bench(args, cfg: TrainConfig) -> int:
         rows[1]["speedup_vs_seed"] = rows[1]["median"] / rows[0]["median"]
         print(f"  CifarLoader: {rows[1]['speedup_vs_seed']:.0f}x the seed's input pipeline")
         return _write(args, device, cfg, b, n, repeats, rows)
-    amp = runtime.autocast_dtype(device)  # the project's default: bf16 where native, else None
-    precisions = [amp, None] if amp else [None]  # fp32 too where the default is bf16
-    prec = "bf16" if amp else "fp32"
+    decision = precision.decide(device, refresh=True)  # on a CPU: the probe, measured again
+    print(f"  precision: {decision.precision} ({decision.reason})")
+    amp = decision.dtype  # the trainer's choice: bf16 autocast, or None for fp32
+    other_dtype = None if amp else torch.bfloat16
+    precisions = [amp, other_dtype] if "bf16" in decision.eligible else [None]  # where eligible
+    fused_too = not runtime.fused_adam(device)  # a row with fused Adam where it is not the default
+    prec = decision.precision
     channels_last = runtime.channels_last_default(device)  # the trainer's choice
     layout = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
@@ -208,13 +250,20 @@ def run_bench(args, cfg: TrainConfig) -> int:
     state = {k: v.clone() for k, v in seed_model.state_dict().items()}
     add("seed pipeline: DataLoader + SeedVAE, fp32", time_training(
         seed_model, seed_pipeline(x, b, device), device, steps, repeats, dtype=None,
-        fused=False))
+        fused=False), precision="fp32", variant="seed pipeline")
     loader = CifarLoader(x, y, batch_size=b, device=device, drop_last=True,
                          channels_last=channels_last)
     for run_amp in precisions:  # fp32 beside bf16: the data path's share alone
         seed_model.load_state_dict(state)
-        add(f"project pipeline: CifarLoader + SeedVAE, {'bf16' if run_amp else 'fp32'}",
-            time_training(seed_model, _forever(loader), device, steps, repeats, dtype=run_amp))
+        p = "bf16" if run_amp else "fp32"
+        add(f"project pipeline: CifarLoader + SeedVAE, {p}",
+            time_training(seed_model, _forever(loader), device, steps, repeats, dtype=run_amp),
+            precision=p, model="seed", label="SeedVAE")
+    if fused_too:
+        seed_model.load_state_dict(state)
+        add(f"project pipeline: CifarLoader + SeedVAE, {prec}, fused Adam", time_training(
+            seed_model, _forever(loader), device, steps, repeats, dtype=amp, fused=True),
+            precision=prec, variant="fused Adam")
     models = {}
     for kind, label in (("conv", "ConvVAE"), ("hvae", "hierarchical VAE")):
         model = build_model(preset(size, kind=kind).model)
@@ -223,9 +272,10 @@ def run_bench(args, cfg: TrainConfig) -> int:
         name = f"project pipeline: CifarLoader + {label} ({size} preset)"
         for run_amp in precisions:
             model.load_state_dict(init)
-            add(f"{name}, {'bf16' if run_amp else 'fp32'}", time_training(
+            p = "bf16" if run_amp else "fp32"
+            add(f"{name}, {p}", time_training(
                 model.to(memory_format=layout), _forever(loader), device, steps, repeats,
-                dtype=run_amp))
+                dtype=run_amp), precision=p, model=kind, label=f"{label} ({size} preset)")
         if kind == "conv":  # channels_last is the default on CUDA only: check that choice
             other = torch.contiguous_format if channels_last else torch.channels_last
             model.load_state_dict(init)
@@ -234,31 +284,58 @@ def run_bench(args, cfg: TrainConfig) -> int:
                 model.to(memory_format=other), _forever(CifarLoader(
                     x, y, batch_size=b, device=device, drop_last=True,
                     channels_last=not channels_last)),
-                device, steps, repeats, dtype=amp))
+                device, steps, repeats, dtype=amp), precision=prec, variant=other_name)
             model.to(memory_format=layout)
+        if fused_too:
+            model.load_state_dict(init)
+            add(f"{name}, {prec}, fused Adam", time_training(
+                model, _forever(loader), device, steps, repeats, dtype=amp, fused=True),
+                precision=prec, variant="fused Adam")
         if args.compile:
             model.load_state_dict(init)
             add(f"{name}, {prec}, torch.compile", time_training(
-                model, _forever(loader), device, steps, repeats, dtype=amp, compile_model=True))
+                model, _forever(loader), device, steps, repeats, dtype=amp, compile_model=True),
+                precision=prec, variant="torch.compile")
     if args.compile:
         seed_model.load_state_dict(state)
         add(f"project pipeline: CifarLoader + SeedVAE, {prec}, torch.compile", time_training(
-            seed_model, _forever(loader), device, steps, repeats, dtype=amp, compile_model=True))
+            seed_model, _forever(loader), device, steps, repeats, dtype=amp, compile_model=True),
+            precision=prec, variant="torch.compile")
     seed_rate = rows[0]["median"]
     for row in rows[1:]:
         row["speedup_vs_seed"] = row["median"] / seed_rate
         row["seconds_per_epoch"] = TRAIN_IMAGES / row["median"]
     print("  vs the seed pipeline: " + ", ".join(
         f"{r['name'].split(': ')[-1]} {r['speedup_vs_seed']:.2f}x" for r in rows[1:]))
+    # the roofline: each model's FLOP against one large convolution, measured now, here
+    flop = {"seed": flop_per_image(seed_model), **{k: flop_per_image(m) for k, m in
+                                                    models.items()}}
+    measured = ["bf16" if a else "fp32" for a in precisions]
+    ref = precision.probe(tuple(measured), spec=_reference_spec(args), device=device)
+    reference = {p: ref[f"{p}_gflops"] for p in measured}
+    lines = roofline(rows, flop, reference)
+    print(f"  reference: {ref['probe']}: " + ", ".join(
+        f"{p} {g:.0f} GFLOP/s" for p, g in reference.items()))
+    for r in lines:
+        print(f"  roofline {r['model']}, {r['precision']}: {r['mflop_per_image']:.0f} MFLOP/image,"
+              f" {r['gflops']:.0f} GFLOP/s, {100 * r['fraction_of_reference']:.0f}% of the "
+              "reference", flush=True)
+    extra = {"precision": decision.record(),
+             "roofline": {"reference": ref, "rows": lines}}
     test = tx[:args.iwae_images].to(device).float().div(255)
     for k in args.ks:
         rates = time_iwae(models["conv"], test, k, max(1, repeats // 2), device, chunk=None)
         add(f"iwae_log_likelihood k={k} (ConvVAE)", rates, unit="eval img/s",
             images=len(test), seconds_for_1017_images=1017 / statistics.median(rates))
-    return _write(args, device, cfg, b, steps, repeats, rows)
+    return _write(args, device, cfg, b, steps, repeats, rows, **extra)
 
 
-def _write(args, device, cfg, batch_size, steps, repeats, rows) -> int:
+def _reference_spec(args) -> dict:
+    """precision.REFERENCE, with bench's --repeats (at least 3)."""
+    return {**precision.REFERENCE, "repeats": max(3, args.repeats)}
+
+
+def _write(args, device, cfg, batch_size, steps, repeats, rows, **extra) -> int:
     # the command as typed from the working directory (make passes absolute paths)
     argv = [os.path.relpath(a) if os.path.isabs(a) and os.path.exists(a) else a
             for a in sys.argv[1:]]
@@ -266,7 +343,8 @@ def _write(args, device, cfg, batch_size, steps, repeats, rows) -> int:
     result = {"command": command, "hardware": runtime.hardware(device), "device": str(device),
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "data": Path(cfg.data).name, "test_data": Path(cfg.test_data).name,
-              "batch_size": batch_size, "steps": steps, "repeats": repeats, "rows": rows}
+              "batch_size": batch_size, "steps": steps, "repeats": repeats, "rows": rows,
+              **extra}
     Path(args.json).write_text(json.dumps(result, indent=1))
     print(f"wrote {args.json}")
     return 0

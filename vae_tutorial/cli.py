@@ -1,4 +1,5 @@
-"""Command line: python -m vae_tutorial {data,train,evaluate,sample,export,bench,report,results}.
+"""Command line: python -m vae_tutorial {data,train,evaluate,sample,export,bench,report,results,
+gpu-check}.
 
 Every bad input is one line on stderr and exit status 2: argparse's own errors (each argument
 is typed with its range), config fields (config.validate), data and checkpoint errors.
@@ -124,7 +125,7 @@ def _checkpoint(args, cfg) -> Path:
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from .train import curve_split, train
 
     extra = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                ("lr", args.lr), ("seed", args.seed), ("compile", args.compile))
@@ -150,10 +151,12 @@ def cmd_train(args) -> int:
               f"{cfg.checkpoint_minutes:g} minutes ago); continue with the same command and "
               "--resume", file=sys.stderr)
         return 130
-    if history and "test_bpd" in history[-1]:  # only rank 0 evaluates under torchrun
+    split = curve_split(history)
+    if history and f"{split}_bpd" in history[-1]:  # only rank 0 evaluates under torchrun
         last = history[-1]
-        print(f"done: {last['epoch']} epochs, test {last['test_bpd']:.3f} bits/dim (ELBO), "
-              f"checkpoint {ckpt}")
+        print(f"done: {last['epoch']} epochs, {split} {last[split + '_bpd']:.3f} bits/dim "
+              f"(ELBO), checkpoint {ckpt}" + ("; the test images: `evaluate`" if split == "valid"
+                                              else ""))
     return 0
 
 
@@ -188,6 +191,9 @@ def cmd_evaluate(args) -> int:
     result = {"checkpoint": str(shown), "split": args.split, "data": Path(root).name,
               "device": str(device), "hardware": runtime.hardware(device),
               "torch": torch.__version__, "seed": args.seed, "seconds": round(seconds, 2),
+              # the run's validation split (held out of training, used for its curves)
+              "valid_size": ckpt["config"].get("valid_size", 0),
+              "valid_seed": ckpt["config"].get("valid_seed", 0),
               **dataclasses.asdict(ev)}
     if args.stats:
         if not hasattr(model, "encode"):
@@ -200,10 +206,11 @@ def cmd_evaluate(args) -> int:
         print(f"note: the {model.likelihood.kind} likelihood is not a probability of 8-bit "
               "images; its bits/dim do not compare with published numbers", file=sys.stderr)
     print(f"{ev.images} {args.split} images: ELBO {ev.elbo:.1f} nats "
-          f"({ev.bits_per_dim:.3f} bits/dim)")
+          f"({ev.bits_per_dim:.3f} ± {ev.bits_per_dim_se:.3f} bits/dim, ± one standard error "
+          "over images)")
     if args.samples:
         print(f"IWAE (k={args.samples}): log p(x) >= {ev.iwae:.1f} nats "
-              f"({ev.iwae_bits_per_dim:.3f} bits/dim)")
+              f"({ev.iwae_bits_per_dim:.3f} ± {ev.iwae_bits_per_dim_se:.3f} bits/dim)")
     print(f"{seconds:.1f} s on {device}")
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=1))
@@ -273,13 +280,19 @@ def cmd_results(args) -> int:
     """Copy a finished run's history and evaluation (and half-precision weights) to results/."""
     from .report import write_all
 
-    run = Path(_config(args).out_dir)
+    run = args.run.resolve() if args.run else Path(_config(args).out_dir)
     dest = runtime.results_dir() / (args.name or run.name)
     checkpoint.publish(run, dest, weights=args.weights)
     print(f"copied {run.name} to {dest}")
     for path in write_all(runtime.checkout_dir(), runtime.results_dir()):
         print(f"regenerated the tables of {path}")
     return 0
+
+
+def cmd_gpu_check(args) -> int:
+    from .gpu_check import process_age, run_check
+
+    return run_check(args, start=time.perf_counter() - process_age())  # Python's start-up too
 
 
 def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True) -> None:
@@ -416,10 +429,36 @@ def build_parser() -> argparse.ArgumentParser:
                        "to results/<model>-<preset>/ (with --weights, half-precision weights and "
                        "their sha256 too), then regenerate the README's tables.")
     _common(p)
+    p.add_argument("--run", type=existing_dir, help="the run folder (default: that of --preset "
+                   "and --model, runs/<model>-<preset>)")
     p.add_argument("--weights", action="store_true", help="also export half-precision weights")
     p.add_argument("--name", type=folder_name, help="folder under results/ (default: the run's, "
                    "e.g. conv-cpu)")
     p.set_defaults(func=cmd_results)
+
+    p = sub.add_parser("gpu-check", help="a GPU machine's bench and two gpu runs, in one call",
+                       description="Within --minutes of wall clock on a CUDA machine: the bench "
+                       "with --compile, a time-limited gpu-preset ConvVAE and hierarchical VAE, "
+                       "each evaluated with IWAE k=100 on the exact test images; JSON files into "
+                       "results/gpu-<GPU name>/, each written as its phase ends.")
+    _common(p, data=False, model=False)
+    p.add_argument("--minutes", type=number(float, 0, 1440, open_lo=True), default=8.0,
+                   help="wall-clock budget of the whole check (default: 8)")
+    p.add_argument("--data", type=existing_dir, help="the exact copy (cifar-10-batches-py/ of "
+                   "the test images, and training images unless --train-data; default: "
+                   f"${runtime.DATA_ENV} or data/)")
+    p.add_argument("--train-data", type=existing_dir, help="another training copy (e.g. the "
+                   "JPEG copy decoded), mixed with --data's training images")
+    p.add_argument("--allow-partial", action="store_true", default=None,
+                   help="accept a copy that fails the official checksums (the exact subset); "
+                   f"also {runtime.ALLOW_PARTIAL_ENV}=1")
+    p.add_argument("--results", type=existing_dir, help="where the GPU's folder goes (default: "
+                   "results/; with --allow-cpu, runs/)")
+    p.add_argument("--fresh", action="store_true",
+                   help="overwrite the folder of an earlier check on this GPU")
+    p.add_argument("--allow-cpu", action="store_true",
+                   help="without CUDA: a dry run of the whole pipeline on the CPU, tiny")
+    p.set_defaults(func=cmd_gpu_check, preset=None, model=None)
     return parser
 
 

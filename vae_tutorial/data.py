@@ -28,6 +28,8 @@ __all__ = [
     "load_cifar10",
     "is_official",
     "CifarLoader",
+    "split_validation",
+    "near_duplicates",
     "CLASSES",
     "FOLDER",
 ]
@@ -127,6 +129,36 @@ def load_cifar10(
                       "images, not verified against the official checksums.",
                       PartialDatasetWarning, stacklevel=2)
     return torch.from_numpy(data), torch.as_tensor(labels, dtype=torch.int64)
+
+
+def split_validation(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held-out) sorted indices of n images: a seeded draw of `size` for validation."""
+    if not 0 < size < n:
+        raise ValueError(f"valid_size {size} must be at least 1 and below the {n} training "
+                         "images it is taken from; lower valid_size (or 0 for no validation)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[size:].sort().values, order[:size].sort().values
+
+
+def near_duplicates(images: torch.Tensor, of: torch.Tensor, min_psnr: float = 20.0,
+                    chunk: int = 4096) -> torch.Tensor:
+    """(N,) bool: which of `images` is the nearest neighbour of an image in `of` with a PSNR
+    above min_psnr, e.g. the JPEG re-encodings (26-35 dB) of held-out exact images."""
+    ref = of.reshape(len(of), -1).float()  # (M, D)
+    ref_sq = ref.pow(2).sum(1)
+    best = torch.full((len(of),), float("inf"))
+    arg = torch.zeros(len(of), dtype=torch.long)
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].reshape(-1, ref.shape[1]).float()  # (C, D)
+        d = x.pow(2).sum(1)[:, None] - 2 * x @ ref.T + ref_sq[None]  # (C, M) squared distances
+        value, where = d.min(0)
+        better = value < best
+        best, arg = torch.where(better, value, best), torch.where(better, where + start, arg)
+    mse = best.clamp_min(0) / ref.shape[1]
+    psnr = 10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10))
+    mask = torch.zeros(len(images), dtype=torch.bool)
+    mask[arg[psnr > min_psnr]] = True
+    return mask
 
 
 class CifarLoader:

@@ -45,6 +45,12 @@ class Evaluation:
     iwae_bits_per_dim: float | None = None
     num_samples: int | None = None  # k of the IWAE estimate
     images: int = 0  # how many images were evaluated
+    # standard errors of the means above over images (sd / sqrt(n)): the sampling error of a
+    # data set of this size, which a difference between two models must exceed to mean much
+    elbo_se: float = 0.0
+    bits_per_dim_se: float = 0.0
+    iwae_se: float | None = None
+    iwae_bits_per_dim_se: float | None = None
 
 
 @torch.no_grad()
@@ -53,6 +59,7 @@ def evaluate(model, batches, num_samples: int = 0, chunk: int | None = None) -> 
     (x, label) batches (wrap it in a progress bar if you like), each checked to lie in [0, 1].
     The model is put in eval mode and restored."""
     totals = torch.zeros(4, dtype=torch.float64)
+    squares = torch.zeros(2, dtype=torch.float64)  # of the per-image ELBO and IWAE
     n = 0
     with eval_mode(model):
         for x, _ in batches:
@@ -61,13 +68,20 @@ def evaluate(model, batches, num_samples: int = 0, chunk: int | None = None) -> 
             iw = iwae_log_likelihood(model, x, num_samples, chunk) if num_samples else out.elbo
             totals += torch.stack([out.elbo.sum(), out.reconstruction.sum(), out.kl.sum(),
                                    iw.sum()]).double().cpu()
+            squares += torch.stack([out.elbo.double().pow(2).sum(),
+                                    iw.double().pow(2).sum()]).cpu()
             n += len(x)
     elbo, rec, kl, iw = (totals / max(n, 1)).tolist()
+    var = (squares / max(n, 1) - torch.tensor([elbo, iw]).pow(2)).clamp_min(0) * n / max(n - 1, 1)
+    elbo_se, iw_se = (var / max(n, 1)).sqrt().tolist()
     return Evaluation(elbo=elbo, reconstruction=rec, kl=kl,
                       bits_per_dim=losses.bits_per_dim(elbo),
                       iwae=iw if num_samples else None,
                       iwae_bits_per_dim=losses.bits_per_dim(iw) if num_samples else None,
-                      num_samples=num_samples or None, images=n)
+                      num_samples=num_samples or None, images=n,
+                      elbo_se=elbo_se, bits_per_dim_se=-losses.bits_per_dim(elbo_se),
+                      iwae_se=iw_se if num_samples else None,
+                      iwae_bits_per_dim_se=-losses.bits_per_dim(iw_se) if num_samples else None)
 
 
 @torch.no_grad()

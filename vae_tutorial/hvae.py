@@ -71,13 +71,15 @@ class LatentGroup(nn.Module):
         at `temperature` and both terms None. use_mean: z = the posterior's mean."""
         p = self.prior(h)
         d = self.zdim
-        pm, plv, h = p[:, :d].float(), soft_clamp(p[:, d:2 * d].float()), h + p[:, 2 * d:]
+        pm, plv, dh = p.split([d, d, p.shape[1] - 2 * d], 1)  # split: one cat backward
+        pm, plv, h = pm.float(), soft_clamp(plv.float()), h + dh
         if feat is None:
             z = pm + temperature * torch.exp(0.5 * plv) * torch.randn_like(pm)
             kl = log_ratio = None
         else:
             q = self.posterior(torch.cat([h, feat], 1)).float()
-            qm, qlv = q[:, :d], soft_clamp(q[:, d:])
+            qm, qlv = q.split(d, 1)
+            qlv = soft_clamp(qlv)
             z = qm if use_mean else qm + torch.exp(0.5 * qlv) * torch.randn_like(qm)
             kl = losses.normal_kl(qm, qlv, pm, plv).flatten(1).sum(1)  # (B,)
             log_ratio = (losses.normal_log_prob(z, qm, qlv)

@@ -84,11 +84,14 @@ def _log_bin_mass(x, mean, log_scale):
     All tensors broadcast together; x in [0, 1]. The lowest bin takes the mass below it and
     the highest the mass above it, so the 256 probabilities sum to one exactly.
     """
+    # Each elementwise pass over these full-size tensors costs memory traffic, forward and
+    # backward: x - mean once, and the lower edge negated as (HALF_BIN - centred), the same bits.
     inv_s = torch.exp(-log_scale)
-    plus = inv_s * (x - mean + HALF_BIN)  # upper edge of the bin, standardised
-    minus = inv_s * (x - mean - HALF_BIN)  # lower edge
+    centred = x - mean
+    plus = inv_s * (centred + HALF_BIN)  # upper edge of the bin, standardised
+    neg_minus = inv_s * (HALF_BIN - centred)  # minus the lower edge
     log_cdf_plus = F.logsigmoid(plus)  # log F(upper): the whole mass of the lowest bin
-    log_sf_minus = F.logsigmoid(-minus)  # log (1 - F(lower)): the whole mass of the highest
+    log_sf_minus = F.logsigmoid(neg_minus)  # log (1 - F(lower)): the whole mass of the highest
     # log(F(a) - F(b)) = log F(a) + log(1 - F(b)) + log(1 - exp(b - a)), stable for any a > b.
     # a - b = d = 2 HALF_BIN / scale; log(1 - exp(-d)) from log d, so that a huge scale (d
     # underflowing to 0) gives log d - d / 2 instead of log(0) = -inf.
@@ -117,11 +120,12 @@ def discretized_mix_logistic_log_likelihood(x: torch.Tensor, params: torch.Tenso
     """
     logits, means, log_scales, coeffs = split_mix_params(params)  # (B,K,H,W), 3 x (B,3,K,H,W)
     xs = x.unsqueeze(2)  # (B, 3, 1, H, W)
-    r, g = xs[:, 0], xs[:, 1]
-    m_r = means[:, 0]
-    m_g = means[:, 1] + coeffs[:, 0] * r
-    m_b = means[:, 2] + coeffs[:, 1] * r + coeffs[:, 2] * g
-    means = torch.stack([m_r, m_g, m_b], dim=1)  # (B, 3, K, H, W)
+    r, g, _ = xs.unbind(1)
+    # unbind and split, not indexing: their gradients are one stack or cat, where each index
+    # would fill a full-size tensor of zeros (the same values, a fraction of the memory traffic)
+    m_r, m_g, m_b = means.unbind(1)  # (B, K, H, W) each
+    c_gr, c_br, c_bg = coeffs.unbind(1)
+    means = torch.stack([m_r, m_g + c_gr * r, m_b + c_br * r + c_bg * g], dim=1)  # (B,3,K,H,W)
     log_probs = _log_bin_mass(xs, means, log_scales).sum(1)  # (B, K, H, W), channels multiply
     log_mix = torch.logsumexp(log_probs + F.log_softmax(logits, dim=1), dim=1)  # (B, H, W)
     return _sum_per_example(log_mix)
@@ -134,12 +138,10 @@ def split_mix_params(params: torch.Tensor):
     """Split (B, 10K, H, W) decoder output into mixture logits, means, log-scales, coupling."""
     b, c, h, w = params.shape
     k = c // 10
-    logits = params[:, :k]
-    rest = params[:, k:].reshape(b, 3, 3 * k, h, w)
-    means = rest[:, :, :k] + 0.5  # centre the unit-scale output on mid-grey
-    log_scales = rest[:, :, k:2 * k].clamp(min=MIN_LOG_SCALE)
-    coeffs = torch.tanh(rest[:, :, 2 * k:])
-    return logits, means, log_scales, coeffs
+    logits, rest = params.split([k, 9 * k], dim=1)
+    means, log_scales, coeffs = rest.reshape(b, 3, 3 * k, h, w).split(k, dim=2)
+    means = means + 0.5  # centre the unit-scale output on mid-grey
+    return logits, means, log_scales.clamp(min=MIN_LOG_SCALE), torch.tanh(coeffs)
 
 
 @dataclass

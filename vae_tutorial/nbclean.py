@@ -3,7 +3,10 @@
     python -m vae_tutorial.nbclean notebooks/*.ipynb
 
 Removes widget state and live progress-bar outputs (tqdm widgets only mean something while
-a cell runs), per-cell execution timestamps, and the interpreter version; fixes the kernelspec.
+a cell runs) and per-cell execution timestamps; fixes the kernelspec. Keeps the
+`language_info` block the executing kernel wrote: JupyterLab writes the kernel's block back as
+soon as it connects, so a notebook that kept it opens unmodified on the same Python (cut down
+to its name, every notebook was marked modified a moment after the kernel started).
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ WIDGET = "application/vnd.jupyter.widget-view+json"
 def clean(path: str) -> None:
     """Rewrite one notebook in place without volatile metadata and widget outputs."""
     nb = nbformat.read(path, as_version=4)
-    nb.metadata = {"kernelspec": KERNELSPEC, "language_info": {"name": "python"}}
+    language_info = nb.metadata.get("language_info") or {"name": "python"}
+    nb.metadata = {"kernelspec": KERNELSPEC, "language_info": language_info}
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         if cell.cell_type == "code":

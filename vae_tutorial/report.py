@@ -15,6 +15,7 @@ from pathlib import Path
 from .bench import TRAIN_IMAGES
 from .config import preset
 from .model import build_model, count_parameters
+from .train import curve_split
 
 
 def _load(path: Path) -> dict | list:
@@ -51,39 +52,75 @@ SHIFT_RUNS = [  # the data-mix runs of DATA.md: folder, training data
 ]
 
 
+GPU_MANIFEST = "gpu-check.json"  # what `gpu-check` writes in its folder (gpu_check.py)
+MODEL_NAMES = {"conv": "ConvVAE", "seed": "SeedVAE", "hvae": "hierarchical VAE"}
+
+
 def _minutes(history: list[dict]) -> float:
     return sum(h["seconds"] for h in history) / 60
 
 
+def gpu_checks(results: Path) -> list[tuple[Path, dict]]:
+    """(folder, its gpu-check.json) of every folder `gpu-check` wrote under results/."""
+    return [(p.parent, _load(p)) for p in sorted(Path(results).glob(f"*/{GPU_MANIFEST}"))]
+
+
+def _training_row(label: str, params: str, data: str, history: list[dict], ev: dict) -> str:
+    precision = history[-1].get("precision", "fp32")
+    epochs = f"{history[-1]['epoch']}{' (last partial)' if history[-1].get('partial') else ''}"
+    images = ev.get("images", 0)
+    cut = f", {images:,} images" if images < ev.get("requested_images", images) else ""
+    iwae = f"{ev['iwae_bits_per_dim']:.3f} bits/dim (k={ev['num_samples']}{cut})"
+    return (f"| {label} | {params} | {data} | {epochs} "
+            f"| {_minutes(history):.1f} min | {ev['hardware']}, {precision} "
+            f"| {ev['bits_per_dim']:.3f} bits/dim "
+            f"| {'**' + iwae + '**' if label.startswith('**') else iwae} |")
+
+
 def training_table(results: Path) -> str:
-    """Each model's `cpu` run: training time, hardware, and exact-test bits/dim."""
-    lines = ["| model (`cpu` preset) | parameters | training data | epochs | training time "
-             "| hardware, precision | test ELBO | test log-likelihood, IWAE |",
-             "|---|---|---|---|---|---|---|---|"]
+    """Each model's `cpu` run (and the runs of any `gpu-check`): training time, hardware, and
+    exact-test bits/dim."""
+    lines = []
     for folder, model, label, data in RUNS:
         run = Path(results) / folder
         if not (run / "eval.json").exists():
             continue
         history, ev = _load(run / "history.json"), _load(run / "eval.json")
-        precision = history[-1].get("precision", "fp32")
-        epochs = f"{history[-1]['epoch']}{' (last partial)' if history[-1].get('partial') else ''}"
-        iwae = f"{ev['iwae_bits_per_dim']:.3f} bits/dim (k={ev['num_samples']})"
-        lines.append(f"| {label} | {_params(model)} | {data} | {epochs} "
-                     f"| {_minutes(history):.1f} min | {ev['hardware']}, {precision} "
-                     f"| {ev['bits_per_dim']:.3f} bits/dim "
-                     f"| {'**' + iwae + '**' if label.startswith('**') else iwae} |")
-    return "\n".join(lines)
+        lines.append(_training_row(label, _params(model), data, history, ev))
+    cpu_only = len(lines)
+    for folder, check in gpu_checks(results):
+        for r in check["runs"]:
+            run = folder / r["folder"]
+            if not (run / "eval.json").exists():
+                continue
+            label = (f"{MODEL_NAMES[r['model']]}, `{r['preset']}` preset, "
+                     f"`gpu-check --minutes {check['budget_minutes']:g}`"
+                     + (" (CPU dry run)" if check["dry_run"] else ""))
+            lines.append(_training_row(label, f"{r['parameters'] / 1e6:.1f} M",
+                                       r["training_data"], _load(run / "history.json"),
+                                       _load(run / "eval.json")))
+    head = "`cpu` preset" if len(lines) == cpu_only else "`cpu` preset unless named"
+    return "\n".join([f"| model ({head}) | parameters | training data | epochs | training time "
+                      "| hardware, precision | test ELBO | test log-likelihood, IWAE |",
+                      "|---|---|---|---|---|---|---|---|", *lines])
+
+
+def held_out_curve(history: list[dict]) -> list[float]:
+    """The per-epoch held-out bits/dim of a run: validation where it had a validation split,
+    else the exact test images (runs made before the split)."""
+    key = f"{curve_split(history)}_bpd"
+    return [h.get(key, float("inf")) for h in history]
 
 
 def minutes_to_reach(history: list[dict], bpd: float) -> float | None:
-    """Minutes of training until the end of the first epoch whose exact-test ELBO was at most
-    `bpd` bits/dim, or None if no epoch got there."""
-    spent = 0.0
-    for h in history:
+    """Minutes of training until the end of the epoch from which the held-out ELBO (validation,
+    else test) stayed at or below `bpd` bits/dim to the end of the run, or None: a dip below
+    the target that the run gave back (during KL warm-up, say) does not count."""
+    spent, reached = 0.0, None
+    for h, value in zip(history, held_out_curve(history)):
         spent += h["seconds"]
-        if h.get("test_bpd", float("inf")) <= bpd:
-            return spent / 60
-    return None
+        reached = (reached or spent) if value <= bpd else None
+    return reached / 60 if reached is not None else None
 
 
 def time_to_quality_table(results: Path, targets=(5.4, 5.0), race=RACE) -> str:
@@ -103,14 +140,85 @@ def time_to_quality_table(results: Path, targets=(5.4, 5.0), race=RACE) -> str:
         for t in targets:
             m = minutes_to_reach(history, t)
             cells.append(f"{m:.1f} min" if m is not None else "not reached")
-        best = min(history, key=lambda h: h["test_bpd"])
-        spent = minutes_to_reach(history, best["test_bpd"])
-        lines.append(f"| {label} | {' | '.join(cells)} | {best['test_bpd']:.3f} "
+        curve = held_out_curve(history)
+        best = min(curve)
+        spent = sum(h["seconds"] for h in history[:curve.index(best) + 1]) / 60
+        lines.append(f"| {label} | {' | '.join(cells)} | {best:.3f} "
                      f"({spent:.1f} min) | {ev['hardware']}, "
                      f"{history[-1].get('precision', 'fp32')} |")
     if len(machines) > 1:
         raise ValueError(f"the time-to-quality runs ran on {len(machines)} machines "
                          f"({'; '.join(sorted(machines))}): a race needs one")
+    return "\n".join(lines)
+
+
+# Notebook 8's ablations, from ConvVAE to the hierarchical VAE (folder, model kind, model fields
+# the run set, label, what the row changes against the row above).
+ABLATIONS = [
+    ("conv-cpu-epyc", "conv", {}, "ConvVAE, half JPEG",
+     "ConvVAE's own `cpu` preset: one vector of latents; half of every epoch the JPEG copy "
+     "(JPEG 50,000 + exact 5,085 x10), 8 epochs of cosine in 24 min; 2 cores"),
+    ("ablation-conv-exact", "conv", {}, "ConvVAE, exact + flips",
+     "the data and schedule: the hierarchical VAE's recipe (the exact images mirrored at "
+     "random; 30 min, peak lr 1e-3, batch 64, KL warm-up 15 epochs, not 8 epochs, 2e-3, 128, "
+     "1); 1 core"),
+    ("ablation-hvae-onegroup", "hvae", {"groups": (0, 0, 1), "zdims": (32, 16, 26)},
+     "hierarchical, one group",
+     "the latents and the network: one group of 26 x 16 x 16 spatial latents (as many "
+     "variables as the next row), fewer cells and parameters, so more steps in 30 min"),
+    ("ablation-hvae", "hvae", {}, "hierarchical, five groups",
+     "the hierarchy: five groups at 4x4, 8x8 and 16x16, each prior conditioned on the groups "
+     "above (the `cpu` preset)"),
+    ("hvae-cpu", "hvae", {}, "hierarchical, five groups, 2 cores",
+     "the same preset before the validation split: all 5,085 exact images, 2 cores"),
+]
+
+
+def ablation_rows(results: Path, ablations=ABLATIONS) -> list[dict]:
+    """The numbers of each recorded ablation run (see ABLATIONS); a run without eval.json is
+    left out. Validation entries are None for a run without a validation split."""
+    rows = []
+    for folder, kind, fields, label, changed in ablations:
+        run = Path(results) / folder
+        if not (run / "eval.json").exists():
+            continue
+        history, ev = _load(run / "history.json"), _load(run / "eval.json")
+        net = build_model(preset("cpu", kind=kind, **fields).model)
+        valid = [(h["valid_bpd"], h.get("valid_bpd_se"), h["epoch"]) for h in history
+                 if "valid_bpd" in h]
+        best = min(valid) if valid else (None, None, None)
+        rows.append({"folder": folder, "label": label, "changed": changed,
+                     "latents": net.latent_dim, "parameters": count_parameters(net),
+                     "epochs": history[-1]["epoch"], "partial": bool(history[-1].get("partial")),
+                     "steps": history[-1]["step"], "minutes": _minutes(history),
+                     "valid_bpd": best[0], "valid_se": best[1], "valid_epoch": best[2],
+                     "valid_size": ev.get("valid_size", 0),
+                     "elbo": ev["bits_per_dim"], "elbo_se": ev.get("bits_per_dim_se"),
+                     "iwae": ev["iwae_bits_per_dim"], "iwae_se": ev.get("iwae_bits_per_dim_se"),
+                     "k": ev["num_samples"], "images": ev.get("images", 0),
+                     "hardware": ev["hardware"], "precision": history[-1].get("precision", "fp32")})
+    return rows
+
+
+def _pm(value: float, se: float | None) -> str:
+    return f"{value:.3f} ± {se:.3f}" if se else f"{value:.3f} (s.e. not recorded)"
+
+
+def ablation_table(results: Path) -> str:
+    """Notebook 8's ablations: what each run changes, its size, its training, and its
+    validation (best epoch) and test bits/dim with standard errors over images."""
+    lines = ["| run (`results/...`) | what it changes | latent variables | parameters "
+             "| epochs (steps) | validation ELBO, best (epoch) | test ELBO | test IWAE "
+             "| training time | hardware, precision |", "|---|" + "---|" * 9]
+    for r in ablation_rows(results):
+        valid = (f"{_pm(r['valid_bpd'], r['valid_se'])} ({r['valid_epoch']})"
+                 if r["valid_bpd"] is not None else "no validation split")
+        epochs = f"{r['epochs']}{' (last partial)' if r['partial'] else ''} ({r['steps']:,})"
+        lines.append(f"| {r['label']} (`{r['folder']}`) | {r['changed']} | {r['latents']:,} "
+                     f"| {r['parameters'] / 1e6:.1f} M | {epochs} | {valid} "
+                     f"| {_pm(r['elbo'], r['elbo_se'])} "
+                     f"| {_pm(r['iwae'], r['iwae_se'])} (k={r['k']}) "
+                     f"| {r['minutes']:.1f} min | {r['hardware']}, {r['precision']} |")
     return "\n".join(lines)
 
 
@@ -145,6 +253,33 @@ def bench_table(path: Path) -> str:
         ratio = r.get("speedup_vs_seed", 1.0)
         lines.append(f"| {r['name']} | {_n(r['median'])} | {ratio:.2f}x "
                      f"| {TRAIN_IMAGES / r['median']:.0f} |")
+    if "precision" in b:  # bench runs since the precision probe
+        d = b["precision"]
+        lines += ["", f"Precision picked for training: **{d['precision']}** ({d['reason']}; "
+                  f"eligible here: {', '.join(d['eligible'])})."]
+        rate = {(r["label"], r["precision"]): r["median"] for r in train
+                if r.get("label") and not r.get("variant")}
+        ratios = [f"{label} {rate[label, 'bf16'] / rate[label, 'fp32']:.2f}x"
+                  for label in dict.fromkeys(lab for lab, _ in rate)
+                  if (label, "bf16") in rate and (label, "fp32") in rate]
+        if ratios:
+            lines[-1] += (" Each model's own training step in this run, bf16 against fp32: "
+                          + ", ".join(ratios) + ".")
+    if b.get("roofline", {}).get("rows"):
+        ref = b["roofline"]["reference"]
+        rates = ", ".join(f"{p} {ref[p + '_gflops']:,.0f}" for p in ("fp32", "bf16")
+                          if p + "_gflops" in ref)
+        lines += ["", "Roofline: FLOP per image of one training step (forward and backward, "
+                  "counted by `torch.utils.flop_counter`), the GFLOP/s the rows above reach, "
+                  f"and their fraction of a reference measured in the same run, {ref['probe']} "
+                  f"({rates} GFLOP/s):", "",
+                  "| model | precision | MFLOP per image | training images/s | GFLOP/s "
+                  "| of the reference convolution |", "|---|---|---|---|---|---|"]
+        for r in b["roofline"]["rows"]:
+            picked = " (picked)" if r.get("picked") else ""
+            lines.append(f"| {r['model']} | {r['precision']}{picked} "
+                         f"| {r['mflop_per_image']:,.0f} | {_n(r['images_per_second'])} "
+                         f"| {r['gflops']:,.0f} | {100 * r['fraction_of_reference']:.0f}% |")
     evals = [r for r in b["rows"] if r["unit"] == "eval img/s"]
     if evals:
         lines += ["", "| evaluation (fp32 log-weights) | images/s | 1,017 exact test images |",
@@ -167,14 +302,36 @@ def loading_table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def gpu_table(results: Path) -> str:
+    """Each `gpu-check` folder: its phases against its budget, and its bench table."""
+    blocks = []
+    for folder, check in gpu_checks(results):
+        done = sum(p["status"] == "done" for p in check["phases"])
+        lines = [f"`{check['command']}` on {check['hardware']}, torch {check['torch']} "
+                 f"(`{folder.name}/`): {done} of {len(check['phases'])} phases done in "
+                 f"{check['seconds'] / 60:.1f} min of a {check['budget_minutes']:g}-minute "
+                 "budget:", "", "| phase | planned | took | status |", "|---|---|---|---|"]
+        for p in check["phases"]:
+            status = p["status"] + (f": {p['note']}" if p.get("note") else "")
+            lines.append(f"| {p['name']} | {p['planned_seconds']:.0f} s "
+                         f"| {p.get('seconds', 0):.0f} s | {status.replace('|', '/')} |")
+        if (folder / "bench.json").exists():
+            lines += ["", bench_table(folder / "bench.json")]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) or (
+        f"No GPU has run `gpu-check` yet: no `results/*/{GPU_MANIFEST}`.")
+
+
 def tables(results: Path = Path("results")) -> dict[str, str]:
     """Every generated table, by marker name."""
     results = Path(results)
     return {"training": training_table(results),
             "time-to-quality": time_to_quality_table(results),
+            "ablations": ablation_table(results),
             "data-shift": shift_table(results),
             "bench-cpu": bench_table(results / "bench-cpu.json"),
-            "loading-cpu": loading_table(results / "bench-loading-cpu.json")}
+            "loading-cpu": loading_table(results / "bench-loading-cpu.json"),
+            "gpu": gpu_table(results)}
 
 
 FILES = ("README.md", "DATA.md")  # the files whose markers hold generated tables

@@ -18,6 +18,10 @@ ALLOW_PARTIAL_ENV = "VAE_TUTORIAL_ALLOW_PARTIAL"  # 1: accept a copy failing the
 FAST_ENV = "VAE_TUTORIAL_FAST"  # 1: fast mode, a few hundred images and a tiny network
 PRESET_ENV = "VAE_TUTORIAL_PRESET"  # the preset notebooks show (default: gpu on CUDA, else cpu)
 FIGURES_ENV = "VAE_TUTORIAL_FIGURES"  # where figures go (default: figures/, fast: runs/...)
+PRECISION_ENV = "VAE_TUTORIAL_PRECISION"  # auto (measured, the default), fp32 or bf16 (if eligible)
+PRECISION_CACHE_ENV = "VAE_TUTORIAL_PRECISION_CACHE"  # the precision probe's cache file
+XDG_CACHE_ENV = "XDG_CACHE_HOME"  # the user's cache folder (default: ~/.cache)
+PRECISIONS = ("auto", "fp32", "bf16")  # the values PRECISION_ENV accepts
 TRUE = {"1", "true", "yes", "on"}  # values that switch a flag on
 FALSE = {"0", "false", "no", "off"}  # values that switch it off
 # set by torchrun for each process, read by world(); and one that cuBLAS reads for determinism
@@ -151,6 +155,16 @@ def _cpuinfo(key: str) -> str:
     return m.group(1).strip() if m else ""
 
 
+def cpu_identity() -> dict:
+    """What decides how kernels round on this CPU beyond torch's capability level: vendor,
+    family, model, stepping and name (two CPUs with the same flags can differ, e.g. an Intel and
+    an AMD with AVX512-BF16), with torch's version and capability."""
+    keys = ("vendor_id", "cpu family", "model", "stepping", "model name")
+    return {"cpu": {k: _cpuinfo(k) for k in keys} | {"machine": platform.machine()},
+            "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def cpu_flags() -> set[str]:
     """The CPU feature flags Linux reports in /proc/cpuinfo (empty elsewhere)."""
     return set((_cpuinfo("flags") or _cpuinfo("Features")).split())
@@ -170,16 +184,37 @@ def cuda_bf16_native() -> bool:
         return torch.cuda.is_bf16_supported()
 
 
+def precision_override() -> str:
+    """PRECISION_ENV: "auto" (unset: the probe decides on a CPU), "fp32" or "bf16" (where
+    eligible); anything else is an error naming the choices."""
+    value = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
+    if value not in PRECISIONS:
+        raise ValueError(f"{PRECISION_ENV}={value!r}: expected one of {', '.join(PRECISIONS)}")
+    return value
+
+
+def precision_cache() -> Path:
+    """PRECISION_CACHE_ENV's file, else vae-tutorial/precision.json in the user's cache folder
+    (XDG_CACHE_ENV, else ~/.cache): the precision probe's decisions, per CPU and torch."""
+    env = os.environ.get(PRECISION_CACHE_ENV, "").strip()
+    if env:
+        return Path(env).expanduser().resolve()
+    base = os.environ.get(XDG_CACHE_ENV, "").strip() or Path.home() / ".cache"
+    return Path(base).expanduser() / "vae-tutorial" / "precision.json"
+
+
 def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
-    """The precision policy: bf16 autocast where bf16 is native (Ampere+ GPUs, AMX/AVX512-BF16
-    CPUs) and amp is on; None (fp32) elsewhere, where emulated bf16 would be slower."""
-    if not amp:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if cuda_bf16_native() else None
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_bf16_native() else None
-    return None
+    """The precision policy (precision.decide): bf16 autocast where it is eligible (native) and
+    pays (on a CPU: measured once by a short probe and cached; on CUDA: Ampere and later), amp
+    on and PRECISION_ENV not fp32; None (fp32) elsewhere."""
+    from . import precision  # (precision imports this module)
+
+    return precision.decide(device, amp).dtype
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what platform reports."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def hardware(device: torch.device | None = None) -> str:
@@ -188,5 +223,6 @@ def hardware(device: torch.device | None = None) -> str:
     if device.type == "cuda":
         return f"GPU {torch.cuda.get_device_name(device)}"
     bf16 = ", native bf16" if cpu_bf16_native() else ""
-    name = _cpuinfo("model name") or platform.processor() or platform.machine()
-    return f"CPU {name} ({platform.machine()}), {os.cpu_count()} cores{bf16}"
+    threads, cores = torch.get_num_threads(), os.cpu_count()
+    used = f"{cores} cores" if threads >= (cores or 0) else f"{threads} of {cores} cores"
+    return f"CPU {cpu_name()} ({platform.machine()}), {used}{bf16}"

@@ -25,9 +25,9 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import checkpoint, losses, runtime
+from . import checkpoint, losses, precision, runtime
 from .config import TrainConfig
-from .data import CifarLoader, load_cifar10
+from .data import CifarLoader, load_cifar10, near_duplicates, split_validation
 from .evaluate import evaluate
 from .model import build_model
 
@@ -59,19 +59,37 @@ def kl_weight_at(cfg: TrainConfig, epoch_progress: float) -> float:
     return cfg.beta * min(1.0, epoch_progress / cfg.kl_warmup_epochs)
 
 
-def load_training_data(cfg: TrainConfig):
-    """(train images, train labels, test images, test labels) as uint8/int64 CPU tensors."""
+def load_training_data(cfg: TrainConfig) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{"train", "valid" (when cfg.valid_size), "test"}: (uint8 images, int64 labels) on the CPU.
+
+    The validation images are a seeded draw from the exact training images (extra_data when it
+    is given, else data), removed from training; when they come from extra_data, their
+    re-encoded twins in data (e.g. the JPEG copy) are removed from training too."""
     x, y = load_cifar10(cfg.data, "train", allow_partial=cfg.allow_partial)
     if cfg.train_limit:
         x, y = x[:cfg.train_limit], y[:cfg.train_limit]
-    if cfg.extra_data:
-        ex, ey = load_cifar10(cfg.extra_data, "train", allow_partial=cfg.allow_partial)
-        x = torch.cat([x] + [ex] * cfg.extra_repeats)
-        y = torch.cat([y] + [ey] * cfg.extra_repeats)
+    extra = (load_cifar10(cfg.extra_data, "train", allow_partial=cfg.allow_partial)
+             if cfg.extra_data else None)
+    out = {}
+    if cfg.valid_size:
+        ex, ey = extra or (x, y)
+        keep, held = split_validation(len(ex), cfg.valid_size, cfg.valid_seed)
+        out["valid"] = (ex[held], ey[held])
+        if extra:
+            extra = (ex[keep], ey[keep])
+            twins = near_duplicates(x, ex[held])
+            x, y = x[~twins], y[~twins]
+        else:
+            x, y = x[keep], y[keep]
+    if extra:
+        x = torch.cat([x] + [extra[0]] * cfg.extra_repeats)
+        y = torch.cat([y] + [extra[1]] * cfg.extra_repeats)
+    out["train"] = (x, y)
     tx, ty = load_cifar10(cfg.test_data, "test", allow_partial=cfg.allow_partial)
     if cfg.test_limit:
         tx, ty = tx[:cfg.test_limit], ty[:cfg.test_limit]
-    return x, y, tx, ty
+    out["test"] = (tx, ty)
+    return out
 
 
 def _distributed() -> tuple[int, int]:
@@ -106,7 +124,7 @@ class Run:
     net: nn.Module  # what the forward pass runs through: the model, wrapped by DDP / compile
     opt: torch.optim.Optimizer
     loader: CifarLoader
-    test_loader: CifarLoader
+    eval_loader: CifarLoader  # the per-epoch held-out images: validation, else test
     amp_dtype: torch.dtype | None  # bf16 autocast, or None for fp32 (runtime.autocast_dtype)
     rank: int = 0
     world: int = 1
@@ -155,7 +173,8 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     else:
         torch.manual_seed(cfg.seed + 1000 * rank)  # distinct sampling noise per process
 
-    x, y, tx, ty = load_training_data(cfg)
+    splits = load_training_data(cfg)
+    x, y = splits["train"]
     # drop_last: BatchNorm's statistics of a very short last batch are noise, and every image
     # is still visited, since each epoch's order differs.
     loader = CifarLoader(x, y, batch_size=cfg.batch_size, device=device, shuffle=True,
@@ -163,15 +182,15 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
                          rank=rank, world_size=world, hflip=cfg.hflip)
     if len(loader) == 0:
         raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(x)} training images")
-    test_loader = CifarLoader(tx, ty, batch_size=500, device=device, shuffle=False,
-                              channels_last=channels_last)
+    eval_loader = CifarLoader(*splits[held_out_split(cfg)], batch_size=500, device=device,
+                              shuffle=False, channels_last=channels_last)
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         net = torch.compile(net)
-    run = Run(cfg, device, model, net, opt, loader, test_loader,
+    run = Run(cfg, device, model, net, opt, loader, eval_loader,
               runtime.autocast_dtype(device, cfg.amp), rank, world, history, pos)
     if run.show:
         where = f"from epoch {pos.epoch + 1}, step {pos.step}" if resume else "from scratch"
@@ -275,18 +294,22 @@ def run_epoch(run: Run) -> dict | None:
             "train_elbo": tr[0], "train_reconstruction": tr[1], "train_kl": tr[2],
             "train_bpd": losses.bits_per_dim(tr[0]), "lr": lr, "kl_weight": kl_w,
             "precision": "bf16" if run.amp_dtype == torch.bfloat16 else "fp32",
+            "precision_probe": precision.decide(run.device, run.cfg.amp).record(),  # why
             "hardware": runtime.hardware(run.device), "seconds": seconds,
             "images_per_second": seen / seconds, "skipped": pos.skipped}
 
 
 def end_epoch(run: Run, record: dict) -> dict:
-    """Evaluate on the test images, append the record to the history, save, report."""
+    """Evaluate on the held-out images (validation, else test), append the record to the
+    history, save, report."""
     pos = run.pos
     record = {"step": pos.step, **record}
     if run.rank == 0:
-        ev = evaluate(run.model, run.test_loader)
-        record.update(test_elbo=ev.elbo, test_reconstruction=ev.reconstruction,
-                      test_kl=ev.kl, test_bpd=ev.bits_per_dim)
+        ev = evaluate(run.model, run.eval_loader)
+        split = held_out_split(run.cfg)
+        record.update({f"{split}_elbo": ev.elbo, f"{split}_reconstruction": ev.reconstruction,
+                       f"{split}_kl": ev.kl, f"{split}_bpd": ev.bits_per_dim,
+                       f"{split}_bpd_se": ev.bits_per_dim_se})
     run.history.append(record)
     pos.epoch, pos.batch, pos.seen, pos.skipped = record["epoch"], 0, 0, 0
     pos.seconds += record["seconds"]
@@ -295,12 +318,24 @@ def end_epoch(run: Run, record: dict) -> dict:
     if run.rank == 0:
         _write_history(Path(run.cfg.out_dir), run.history)
         if run.show:
+            split = held_out_split(run.cfg)
             tqdm.write(f"epoch {record['epoch']}: train {record['train_bpd']:.3f} bits/dim, "
-                       f"test {record['test_bpd']:.3f} bits/dim, KL {record['train_kl']:.1f} "
-                       f"nats, {record['images_per_second']:.0f} img/s")
+                       f"{split} {record[split + '_bpd']:.3f} bits/dim, "
+                       f"KL {record['train_kl']:.1f} nats, {record['images_per_second']:.0f} img/s")
     if run.world > 1:
         dist.barrier()
     return record
+
+
+def held_out_split(cfg: TrainConfig) -> str:
+    """The images a run evaluates after every epoch: "valid" with a validation split, else
+    "test" (history keys valid_bpd or test_bpd, and so on)."""
+    return "valid" if cfg.valid_size else "test"
+
+
+def curve_split(history: list[dict]) -> str:
+    """"valid" or "test": which held-out curve a history holds (see held_out_split)."""
+    return "valid" if history and "valid_bpd" in history[0] else "test"
 
 
 def _write_history(out_dir: Path, history: list[dict]) -> None:
