@@ -342,6 +342,7 @@ WRONG = {
         (lambda x, bound=10.0: torch.clamp(x, -bound, bound), "hard clamp"),
         (lambda x, bound=10.0: bound * torch.tanh(x), "identity"),
         (lambda x, bound=10.0: torch.tanh(x / bound), "scale back"),
+        (lambda x, bound=10.0: bound * torch.sigmoid(x / bound), "tanh, not sigmoid"),
         (lambda x, bound=10.0: torch.tensor(bound * math.tanh(x.detach()[0].item() / bound))
          if x.numel() == 1 else soft_clamp(x, bound), "gradient must pass"),
     ],
