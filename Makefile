@@ -33,7 +33,7 @@ RUN_ARGS  := $(DATA_ARGS) $(if $(EXTRA_DATA),--set extra_data=$(abspath $(EXTRA_
 NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 
 .PHONY: tutorial test venv data train evaluate hvae ablations notebooks compare sweep jpeg-copy results \
-        bench clean
+        bench gpu-check clean
 
 tutorial: venv data train evaluate hvae notebooks
 	@echo "tutorial done: runs/ holds the checkpoints, notebooks executed, figures in figures/"
