@@ -217,6 +217,48 @@ def test_two_sample_test_on_separated_distributions_is_near_perfect(hidden):
     assert (out["classifier"](z + 8 * e0) > out["classifier"](z - 8 * e0)).all()  # b's side
 
 
+def test_clustered_se_of_copies_is_that_of_the_distinct_rows():
+    """Closed form: m identical copies of each of k values carry the information of k rows, so
+    the clustered s.e. of the n = m k copies is the plain s.e. (population variance / k)^0.5 of
+    the k distinct values, where treating the copies as independent understates it by m^0.5."""
+    g = torch.Generator().manual_seed(0)
+    distinct = (torch.rand(300, generator=g) < 0.7).double()  # k = 300 Bernoulli values
+    copies, ids = distinct.repeat_interleave(4), torch.arange(300).repeat_interleave(4)
+    plain = math.sqrt(float(distinct.var(unbiased=False)) / 300)
+    assert analysis.clustered_se(copies, ids) == pytest.approx(plain, rel=1e-9)
+    assert analysis.clustered_se(copies) == pytest.approx(plain / 2, rel=1e-9)
+    assert analysis.clustered_se(distinct) == pytest.approx(plain, rel=1e-9)
+
+
+def test_sample_aggregate_names_the_image_of_each_draw():
+    """The same draws with and without the image indices; each draw lies near its image's
+    mean (posteriors far apart and narrow)."""
+    means = torch.arange(5, dtype=D64)[:, None] * 100 * torch.ones(5, 3, dtype=D64)
+    log_vars = torch.full((5, 3), -4.0, dtype=D64)
+    z = analysis.sample_aggregate(means, log_vars, 50, torch.Generator().manual_seed(3))
+    z2, pick = analysis.sample_aggregate(means, log_vars, 50, torch.Generator().manual_seed(3),
+                                         return_images=True)
+    assert torch.equal(z, z2) and pick.shape == (50,) and len(set(pick.tolist())) > 1
+    assert ((z - means[pick]).abs() < 1).all()
+
+
+def test_two_sample_test_counts_clustered_rows_once():
+    """The same test rows copied four times and grouped: the same accuracy, and the s.e. of
+    the distinct rows; ungrouped copies would halve it."""
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(1000, 4, generator=g), torch.randn(1000, 4, generator=g) + 0.5
+    a_tr, b_tr, a_te, b_te = _split(a, b)
+    once = analysis.two_sample_test(a_tr, b_tr, a_te, b_te)
+    ids = torch.arange(500).repeat_interleave(4)
+    copies = analysis.two_sample_test(a_tr, b_tr, a_te.repeat_interleave(4, 0),
+                                      b_te.repeat_interleave(4, 0), a_groups=ids, b_groups=ids)
+    naive = analysis.two_sample_test(a_tr, b_tr, a_te.repeat_interleave(4, 0),
+                                     b_te.repeat_interleave(4, 0))
+    assert copies["accuracy"] == pytest.approx(once["accuracy"], abs=1e-12)
+    assert copies["se"] == pytest.approx(once["se"], rel=1e-9)
+    assert naive["se"] == pytest.approx(once["se"] / 2, rel=1e-9)
+
+
 def test_two_sample_test_reaches_the_bayes_accuracy():
     """Independent reference: the best possible accuracy between N(0, 1) and N(0, 2^2) in
     one dimension is 0.5 (P(|z| < t) + P(|2z| > t)) at the threshold t where the densities

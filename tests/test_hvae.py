@@ -140,3 +140,18 @@ def test_cpu_preset_is_time_limited_to_30_minutes():
     cfg = preset("cpu", kind="hvae")
     assert cfg.time_limit == 30.0 and cfg.grad_skip is not None and cfg.hflip
     assert preset("gpu", kind="hvae").model.width > cfg.model.width
+
+
+def test_used_parameters_leave_out_layers_the_loss_never_reaches():
+    """One group at 16x16 reads only the 16x16 features: the encoder's 8x8 and 4x4 layers get no
+    gradient, so they are defined but not used; every parameter of the five groups is used."""
+    from vae_tutorial.config import preset
+    from vae_tutorial.model import build_model, count_parameters, count_used_parameters
+
+    five = build_model(preset("cpu", kind="hvae").model)
+    assert count_used_parameters(five) == count_parameters(five)
+    one = build_model(preset("cpu", kind="hvae", groups=(0, 0, 1), zdims=(32, 16, 26)).model)
+    unused = sum(p.numel() for name, p in one.named_parameters()
+                 if name.startswith(("enc.8.", "enc.4.")))
+    assert unused > 0 and count_used_parameters(one) <= count_parameters(one) - unused
+    assert all(p.grad is None for p in one.parameters())  # gradients cleared afterwards

@@ -28,7 +28,7 @@ def test_full_mode_loads_an_interrupted_run_and_says_how_to_finish_it(tiny, monk
     assert [h["epoch"] for h in history] == [1] and ckpt["epoch"] == 1 and not model.training
     assert not ran  # nothing was trained in the notebook
     assert "interrupted after epoch 1" in source
-    assert "python -m vae_tutorial train --preset cpu --resume" in source
+    assert "python -m vae_tutorial train --preset cpu " in source and "--resume`" in source
 
 
 def test_full_mode_uses_committed_weights_without_a_run(tiny, monkeypatch, tmp_path):
@@ -49,7 +49,7 @@ def test_full_mode_uses_committed_weights_without_a_run(tiny, monkeypatch, tmp_p
 
 def test_full_mode_without_anything_names_the_command(tiny, monkeypatch, tmp_path):
     monkeypatch.setattr(runtime, "results_dir", lambda: tmp_path / "empty")
-    with pytest.raises(FileNotFoundError, match="train --preset cpu --model seed --resume"):
+    with pytest.raises(FileNotFoundError, match="train --preset cpu --model seed .*--resume"):
         notebook.load_run(tiny.replace(kind="seed"))
 
 
@@ -65,3 +65,21 @@ def test_provenance_names_the_data_copies_and_the_mode(tiny, monkeypatch):
     assert info["train data"] == "cifar10-subset" and info["test data"] == "cifar10-subset"
     assert info["mode"] == "full" and info["preset"] == "cpu"
     assert info["hardware"] == runtime.hardware()
+
+
+def test_train_command_names_the_runs_own_data_and_split(monkeypatch, tmp_path):
+    """The command notebook 5 prints must train the run it shows: a mixed-data run made before
+    the validation split names both roots and valid_size=0; a preset run names nothing extra."""
+    from vae_tutorial.config import preset
+    from vae_tutorial.notebook import train_command
+
+    monkeypatch.setenv("VAE_TUTORIAL_DATA", str(tmp_path / "cifar10-subset"))
+    plain = preset("cpu")
+    assert train_command(plain) == "python -m vae_tutorial train --preset cpu --resume"
+    old = plain.replace(data=str(tmp_path / "cifar10-jpeg"),
+                        extra_data=str(tmp_path / "cifar10-subset"), valid_size=0)
+    assert train_command(old) == (
+        "python -m vae_tutorial train --preset cpu --data /path/to/cifar10-jpeg "
+        "--set extra_data=/path/to/cifar10-subset --set valid_size=0 --resume")
+    hvae = preset("cpu", kind="hvae")
+    assert train_command(hvae) == "python -m vae_tutorial train --preset cpu --model hvae --resume"

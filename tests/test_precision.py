@@ -29,10 +29,13 @@ def auto(monkeypatch, tmp_path):
 
     def fake_probe(*args, **kwargs):
         calls.append(1)
+        jitter = auto.jitter  # each precision's repeats: median * (1 - jitter, 1, 1 + jitter)
         return {"fp32_gflops": auto.fp32, "bf16_gflops": auto.bf16, "seconds": 0.1,
+                "fp32_repeats": [auto.fp32 * (1 + j) for j in (-jitter, 0, jitter)],
+                "bf16_repeats": [auto.bf16 * (1 + j) for j in (-jitter, 0, jitter)],
                 "probe": precision.probe_name()}
 
-    auto.fp32, auto.bf16, auto.calls = 300.0, 200.0, calls
+    auto.fp32, auto.bf16, auto.jitter, auto.calls = 300.0, 200.0, 0.01, calls
     monkeypatch.setattr(precision, "probe", fake_probe)
     yield auto
     precision.clear_memo()
@@ -50,6 +53,36 @@ def test_the_faster_eligible_precision_wins(auto, fp32, bf16, expected):
     assert d.dtype == (torch.bfloat16 if expected == "bf16" else None)
     assert runtime.autocast_dtype(CPU) == d.dtype
     assert d.figures["fp32_gflops"] == fp32 and f"{bf16:.0f}" in d.reason
+
+
+def test_overlapping_ranges_keep_fp32_even_when_the_median_says_bf16(auto):
+    """Medians 10% apart, but repeats spread by +-10%: the probe cannot tell them apart."""
+    auto.fp32, auto.bf16, auto.jitter = 200.0, 220.0, 0.10
+    d = precision.decide(CPU)
+    assert d.precision == "fp32" and "could not tell" in d.reason
+    assert "220 (198-242)" in d.reason and "200 (180-220)" in d.reason
+    assert precision.pick({"fp32_gflops": 200.0, "bf16_gflops": 220.0,
+                           "fp32_repeats": [199, 200, 201], "bf16_repeats": [219, 220, 221]},
+                          ("fp32", "bf16")) == "bf16"  # the same medians, separated: bf16
+
+
+def test_a_probe_on_a_loaded_machine_is_not_cached(auto, tmp_path):
+    """Repeats spread by 60% (another process took the cores): decided, measured again next run."""
+    auto.fp32, auto.bf16, auto.jitter = 100.0, 300.0, 0.30
+    first = precision.decide(CPU)
+    assert first.source == "probe, not cached" and "too widely to cache" in first.reason
+    assert first.precision == "bf16"  # separated all the same
+    assert not (tmp_path / "cache.json").exists()
+    precision.clear_memo()
+    auto.jitter = 0.01  # quiet again: measured, and now cached
+    assert precision.decide(CPU).source == "probe" and len(auto.calls) == 2
+    assert precision.cache_key() in json.loads((tmp_path / "cache.json").read_text())
+    assert precision.spread([90.0, 100.0, 130.0]) == pytest.approx(0.4)
+    stored = json.loads((tmp_path / "cache.json").read_text())  # an unsteady entry, as older
+    stored[precision.cache_key()]["figures"]["fp32_repeats"] = [50.0, 100.0, 150.0]  # code wrote
+    (tmp_path / "cache.json").write_text(json.dumps(stored))
+    precision.clear_memo()
+    assert precision.decide(CPU).source == "probe" and len(auto.calls) == 3  # measured again
 
 
 def test_an_ineligible_precision_is_never_chosen(auto, monkeypatch):

@@ -50,8 +50,8 @@ def _run(tmp_path, folder, history, **ev):
 def test_training_table_sums_epoch_times_and_reads_the_evaluation(tmp_path):
     history = [{"epoch": 1, "seconds": 60.0, "precision": "bf16", "test_bpd": 6.0},
                {"epoch": 2, "seconds": 90.0, "precision": "bf16", "test_bpd": 5.5}]
-    _run(tmp_path, "conv-cpu", history)
-    (tmp_path / "seed-cpu").mkdir()  # a run without eval.json is left out
+    _run(tmp_path, "conv-cpu-valid", history)
+    (tmp_path / "seed-cpu-valid").mkdir()  # a run without eval.json is left out
     rows = training_table(tmp_path).splitlines()[2:]
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].split("|")[1:-1]]
@@ -78,17 +78,21 @@ def test_minutes_to_reach_counts_whole_epochs_until_the_target():
 def test_time_to_quality_says_not_reached(tmp_path):
     history = [{"epoch": 1, "seconds": 120.0, "test_bpd": 5.3, "precision": "fp32"},
                {"epoch": 2, "seconds": 120.0, "test_bpd": 5.2, "precision": "fp32"}]
-    _run(tmp_path, "seed-cpu-epyc", history)
+    _run(tmp_path, "seed-cpu-valid", history, images=1017)
     row = time_to_quality_table(tmp_path).splitlines()[2]
     cells = [c.strip() for c in row.split("|")[1:-1]]
     assert cells == ["SeedVAE, same time as ConvVAE", "2.0 min", "not reached",
-                     "5.200 (4.0 min)", "CPU x, 2 cores, fp32"]
+                     "5.200 (4.0 min)", "test (1,017)", "CPU x, 2 cores, fp32"]
+    valid = [{**h, "valid_bpd": h.pop("test_bpd")} for h in history]
+    _run(tmp_path, "hvae-cpu-valid", valid)
+    row = time_to_quality_table(tmp_path).splitlines()[3]
+    assert "| validation (500) |" in row
 
 
 def test_time_to_quality_refuses_a_race_across_machines(tmp_path):
     history = [{"epoch": 1, "seconds": 60.0, "test_bpd": 5.3}]
-    _run(tmp_path, "conv-cpu-epyc", history)
-    _run(tmp_path, "hvae-cpu", history, hardware="CPU y, 2 cores")
+    _run(tmp_path, "conv-cpu-valid", history)
+    _run(tmp_path, "hvae-cpu-valid", history, hardware="CPU y, 2 cores")
     with pytest.raises(ValueError, match="2 machines"):
         time_to_quality_table(tmp_path)
 
@@ -105,18 +109,44 @@ def test_data_shift_statements_of_data_md():
 
 
 def test_readme_statements_about_the_hierarchical_vae():
-    """README: the hierarchical VAE met its preset's target (IWAE <= 4.6) in 30 minutes, and
-    reached 5.0 bits/dim sooner than ConvVAE reached 5.4."""
+    """README: the hierarchical VAE met its preset's earlier target (IWAE <= 4.6) in 30 minutes,
+    not yet this release's goal of 4.2, and reached 5.0 bits/dim sooner than ConvVAE reached 5.4,
+    on one machine, both on their validation curves."""
     def load(folder, name):
         return json.loads((REPO / "results" / folder / name).read_text())
 
-    hvae = load("hvae-cpu", "history.json")
-    assert load("hvae-cpu", "eval.json")["iwae_bits_per_dim"] <= 4.6
+    text = " ".join((REPO / "README.md").read_text().split())
+    hvae = load("hvae-cpu-valid", "history.json")
+    iwae = load("hvae-cpu-valid", "eval.json")["iwae_bits_per_dim"]
+    assert "met the earlier target of its preset (IWAE at most 4.6 bits/dim" in text
+    assert "not yet this release's goal of 4.2" in text and 4.2 < iwae <= 4.6
     assert sum(h["seconds"] for h in hvae) / 60 <= 30.5
-    conv = load("conv-cpu-epyc", "history.json")  # the same machine as the hierarchical VAE
-    machine = load("hvae-cpu", "eval.json")["hardware"]
-    assert load("conv-cpu-epyc", "eval.json")["hardware"] == machine
+    conv = load("conv-cpu-valid", "history.json")
+    machine = load("hvae-cpu-valid", "eval.json")["hardware"]
+    assert load("conv-cpu-valid", "eval.json")["hardware"] == machine
+    assert all("valid_bpd" in h for h in hvae + conv)  # both timed on their validation curves
     assert minutes_to_reach(hvae, 5.0) < minutes_to_reach(conv, 5.4)
+
+
+def test_readme_statements_about_the_two_hierarchical_runs():
+    """README: the run with the split ended about 0.07 above the earlier one, with about three
+    quarters of its steps, the machine slower that day (median images/s per full epoch)."""
+    from statistics import median
+
+    def load(folder, name):
+        return json.loads((REPO / "results" / folder / name).read_text())
+
+    text = " ".join((REPO / "README.md").read_text().split())
+    new, old = load("hvae-cpu-valid", "eval.json"), load("hvae-cpu", "eval.json")
+    gap = new["iwae_bits_per_dim"] - old["iwae_bits_per_dim"]
+    assert "ended about 0.07 bits/dim above its earlier run (IWAE 4.467 against 4.398)" in text
+    assert 0.065 < gap < 0.075 and f"{new['iwae_bits_per_dim']:.3f}" == "4.467"
+    steps = [load(f, "history.json")[-1]["step"] for f in ("hvae-cpu-valid", "hvae-cpu")]
+    assert "(6,729 against 9,071)" in text and steps == [6729, 9071]
+    assert 0.7 < steps[0] / steps[1] < 0.8  # about three quarters
+    speed = [round(median(h["images_per_second"] for h in load(f, "history.json")
+                          if not h.get("partial"))) for f in ("hvae-cpu-valid", "hvae-cpu")]
+    assert "(a median of 240 against 326 per epoch)" in text and speed == [240, 326]
 
 
 def test_readme_reruns_on_the_second_machine_match_the_first_runs():
@@ -131,14 +161,75 @@ def test_readme_reruns_on_the_second_machine_match_the_first_runs():
 
 
 def test_readme_performance_statements():
-    """README's Performance bullets, against results/bench-*.json."""
-    b = json.loads((REPO / "results" / "bench-cpu.json").read_text())
-    rate = {r["name"].split(": ", 1)[1]: r["median"] for r in b["rows"] if ": " in r["name"]}
-    seed = next(r["median"] for r in b["rows"] if r["name"].startswith("seed pipeline"))
-    assert abs(rate["CifarLoader + SeedVAE, fp32"] / seed - 1) < 0.10  # within 10%
-    for model in ("SeedVAE", "ConvVAE (cpu preset)", "hierarchical VAE (cpu preset)"):
-        assert rate[f"CifarLoader + {model}, bf16"] > 1.25 * rate[f"CifarLoader + {model}, fp32"]
-    assert rate["CifarLoader + ConvVAE (cpu preset), bf16, channels_last"] < \
-        rate["CifarLoader + ConvVAE (cpu preset), bf16"]
+    """README's Performance bullets, against results/bench-*.json (the run in the table and the
+    run minutes before it, when AdamW's loop was the trainer's CPU default)."""
+    text = " ".join((REPO / "README.md").read_text().split())
+
+    def rates(name):
+        b = json.loads((REPO / "results" / name).read_text())
+        rate = {r["name"].split(": ", 1)[1]: r["median"] for r in b["rows"] if ": " in r["name"]}
+        rate["seed"] = next(r["median"] for r in b["rows"] if r["name"].startswith("seed pipeline"))
+        return b, rate
+
+    (now, rate), (_, old) = rates("bench-cpu.json"), rates("bench-cpu-adam-loop.json")
+    seed_fp32 = "CifarLoader + SeedVAE, fp32"
+    assert "1.22x the seed's pipeline here and 1.05x in the earlier run" in text
+    assert f"{rate[seed_fp32] / rate['seed']:.2f}" == "1.22"
+    assert f"{old[seed_fp32] / old['seed']:.2f}" == "1.05"
+    models = ("SeedVAE", "ConvVAE (cpu preset)", "hierarchical VAE (cpu preset)")
+    for r in (rate, old):  # bf16 at least a fifth faster, every model, both runs
+        assert all(r[f"CifarLoader + {m}, bf16"] > 1.2 * r[f"CifarLoader + {m}, fp32"]
+                   for m in models)
+    picked = now["precision"]
+    assert picked["precision"] == "bf16" and "every repeat" in picked["reason"]
+    f = picked["figures"]
+    assert min(f["bf16_repeats"]) > max(f["fp32_repeats"])  # the probe's ranges apart
+    for m in models[1:]:
+        step = f"CifarLoader + {m}, bf16"
+        fused, loop = rate[step], rate[f"{step}, Adam not fused"]
+        assert 0.06 <= fused / loop - 1 < 0.08  # 6-7% here
+        fused, loop = old[f"{step}, fused Adam"], old[step]
+        assert 0.15 < fused / loop - 1 < 0.22  # 16-21% in the earlier run
+    seed = "CifarLoader + SeedVAE, bf16"
+    s_now = rate[f"{seed}, Adam not fused"] / rate[seed]
+    s_old = old[f"{seed}, fused Adam"] / old[seed]
+    assert abs(s_now - 1) < 0.02 and abs(s_old - 1) < 0.02  # SeedVAE: no measurable difference
+    for r in (rate, old):
+        assert r["CifarLoader + ConvVAE (cpu preset), bf16, channels_last"] <= \
+            r["CifarLoader + ConvVAE (cpu preset), bf16"]
+    roof = {(r["model"], r["precision"]): r["fraction_of_reference"]
+            for r in now["roofline"]["rows"]}
+    for m in models[1:]:
+        assert 0.55 < roof[m, "bf16"] < 0.6 and 0.7 < roof[m, "fp32"] < 0.76
+    assert roof["SeedVAE", "bf16"] < 0.3
+    ref = now["roofline"]["reference"]
+    assert 1.8 < ref["bf16_gflops"] / ref["fp32_gflops"] < 2.2  # fp32 at half the bf16 rate
     loading = json.loads((REPO / "results" / "bench-loading-cpu.json").read_text())["rows"]
     assert loading[1]["speedup_vs_seed"] > 10
+
+
+def test_the_tried_table_compares_validation_and_shows_test_only_for_the_evaluated_run(tmp_path):
+    from vae_tutorial.report import tried_table
+
+    def run(folder, curve, ev=None):
+        (tmp_path / folder).mkdir()
+        history = [{"epoch": e, "step": 70 * e, "seconds": 60.0, "precision": "bf16",
+                    "hardware": "CPU x, 2 cores", "valid_bpd": v, "valid_bpd_se": 0.02}
+                   for e, v in enumerate(curve, 1)]
+        (tmp_path / folder / "history.json").write_text(json.dumps(history))
+        if ev:
+            (tmp_path / folder / "eval.json").write_text(json.dumps(ev))
+
+    run("a", [5.0, 4.6, 4.7])
+    run("b", [4.9, 4.5], {"iwae_bits_per_dim": 4.41, "iwae_bits_per_dim_se": 0.018,
+                          "num_samples": 100})
+    lines = tried_table(tmp_path, [("a", "first"), ("b", "lr 2e-3"), ("missing", "x")])
+    lines = lines.splitlines()
+    assert len(lines) == 4  # header, rule, two runs: a run not on disk is left out
+    assert "| `a` | first | 4.600 ± 0.020 (2) | 4.700 ± 0.020 | 3 (210) | 3.0 min" in lines[2]
+    assert "not evaluated (not chosen)" in lines[2]
+    assert "4.410 ± 0.018 (k=100)" in lines[3] and "CPU x, 2 cores, bf16" in lines[3]
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "history.json").write_text(json.dumps([{"epoch": 1, "test_bpd": 5.0}]))
+    with pytest.raises(ValueError, match="no validation curve"):
+        tried_table(tmp_path, [("c", "without a split")])

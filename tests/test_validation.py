@@ -116,3 +116,20 @@ def test_standard_errors_match_the_per_image_spread(subset_test):
     assert ev.elbo_se == pytest.approx(per_image.std().item() / math.sqrt(96), rel=1e-4)
     assert ev.bits_per_dim_se == pytest.approx(
         -losses.bits_per_dim(per_image.std().item()) / math.sqrt(96), rel=1e-4)
+
+
+def test_the_curves_plot_shows_the_validation_split_where_a_run_has_one():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from vae_tutorial.plots import plot_history
+
+    base = {"train_bpd": 5.0, "train_reconstruction": -10000.0, "train_kl": 300.0}
+    for held in ("valid", "test"):
+        history = [{"epoch": e, **base, f"{held}_bpd": 5.1, f"{held}_reconstruction": -1e4,
+                    f"{held}_kl": 290.0} for e in (1, 2)]
+        axes = plot_history(history)
+        labels = [line.get_label() for line in axes[0].get_lines()]
+        assert labels == ["training (epoch average)", {"valid": "validation", "test": "test"}[held]]
+        assert axes[2].get_ylabel() == "nats per image"
+        assert list(axes[1].get_lines()[1].get_ydata()) == [1e4, 1e4]  # -E log p, positive

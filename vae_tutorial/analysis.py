@@ -46,11 +46,24 @@ def aggregate_log_density(z: torch.Tensor, means: torch.Tensor, log_vars: torch.
 
 
 def sample_aggregate(means: torch.Tensor, log_vars: torch.Tensor, n: int,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
-    """n draws from the aggregate posterior: pick an image, then z ~ q(z | that image)."""
+                     generator: torch.Generator | None = None, return_images: bool = False):
+    """n draws from the aggregate posterior: pick an image, then z ~ q(z | that image);
+    with return_images, also the index of each draw's image, (n,) (the same draws)."""
     pick = torch.randint(len(means), (n,), generator=generator)
     eps = torch.randn(n, means.shape[1], generator=generator, dtype=means.dtype)
-    return means[pick] + torch.exp(0.5 * log_vars[pick]) * eps
+    z = means[pick] + torch.exp(0.5 * log_vars[pick]) * eps
+    return (z, pick) if return_images else z
+
+
+def clustered_se(values: torch.Tensor, groups: torch.Tensor | None = None) -> float:
+    """Standard error of the mean of values, (n,), counting rows that share a group id as
+    one cluster (the cluster-robust estimate); groups=None: every row independent."""
+    values = values.double()
+    if groups is None:
+        groups = torch.arange(len(values))
+    dev = values - values.mean()
+    sums = torch.zeros(int(groups.max()) + 1, dtype=dev.dtype).index_add_(0, groups, dev)
+    return float(sums.pow(2).sum().sqrt() / len(values))
 
 
 @torch.no_grad()
@@ -199,7 +212,9 @@ class _Classifier(torch.nn.Module):
 
 def two_sample_test(a_train: torch.Tensor, b_train: torch.Tensor, a_test: torch.Tensor,
                     b_test: torch.Tensor, hidden: int = 0, steps: int = 500, lr: float = 0.01,
-                    weight_decay: float = 1e-4, seed: int = 0) -> dict:
+                    weight_decay: float = 1e-4, seed: int = 0,
+                    a_groups: torch.Tensor | None = None,
+                    b_groups: torch.Tensor | None = None) -> dict:
     """Classifier two-sample test (Lopez-Paz & Oquab, 2017): train a classifier to tell rows
     of a from rows of b on the training sets (full-batch Adam, classes weighted equally),
     and measure it on the held-out test sets. Returns the balanced held-out accuracy (the
@@ -207,7 +222,9 @@ def two_sample_test(a_train: torch.Tensor, b_train: torch.Tensor, a_test: torch.
     they never overlap), its standard error over the test rows, and the classifier (a
     module: z (M, D) -> logit that z came from b, (M,)). hidden = 0: logistic regression
     on z and z^2, which sees differences of mean and of spread per dimension; hidden > 0:
-    an MLP with that many hidden units, which can see more."""
+    an MLP with that many hidden units, which can see more. a_groups, b_groups: an id per
+    test row (for example the image a code was drawn from); rows sharing an id are not
+    independent, and the standard error counts each id as one cluster (`clustered_se`)."""
     torch.manual_seed(seed)
     a_train, b_train = a_train.float(), b_train.float()
     both = torch.cat([a_train, b_train])
@@ -223,11 +240,10 @@ def two_sample_test(a_train: torch.Tensor, b_train: torch.Tensor, a_test: torch.
         loss.backward()
         opt.step()
     with torch.no_grad():
-        acc_a = (clf(a_test.float()) < 0).double().mean()
-        acc_b = (clf(b_test.float()) > 0).double().mean()
-    accuracy = float(0.5 * (acc_a + acc_b))
-    se = 0.5 * math.sqrt(float(acc_a * (1 - acc_a)) / len(a_test)
-                         + float(acc_b * (1 - acc_b)) / len(b_test))
+        right_a = (clf(a_test.float()) < 0).double()  # (M_a,) 1 where classified right
+        right_b = (clf(b_test.float()) > 0).double()  # (M_b,)
+    accuracy = float(0.5 * (right_a.mean() + right_b.mean()))
+    se = 0.5 * math.hypot(clustered_se(right_a, a_groups), clustered_se(right_b, b_groups))
     return {"accuracy": accuracy, "se": se, "n_test": len(a_test) + len(b_test),
             "classifier": clf.eval().requires_grad_(False)}
 

@@ -30,7 +30,7 @@ from typing import Iterator
 
 import torch
 
-from . import precision, runtime
+from . import measure, precision, runtime
 from .config import TrainConfig, preset
 from .data import CifarLoader, PartialDatasetWarning, load_cifar10
 from .evaluate import iwae_log_likelihood
@@ -46,43 +46,14 @@ def _sync(device: torch.device) -> None:
 
 def time_training(model, batches, device, steps: int, repeats: int,
                   dtype: torch.dtype | None = None, compile_model: bool = False,
-                  fused: bool | None = None, scaler: bool = False,
-                  sync_each_step: bool = False) -> list[float]:
-    """Images/s of `repeats` blocks of `steps` optimizer steps, after 3 warm-up steps.
-
-    dtype: autocast to bf16 or fp16 (None: fp32); scaler: fp16's GradScaler; sync_each_step:
-    read the loss on the host after every step (`.item()`), as a naive loop does. `fused` Adam
-    defaults to the project's choice (on CUDA); the seed's row passes False."""
-    model.to(device).train()
-    net = torch.compile(model) if compile_model else model
-    fused = runtime.fused_adam(device) if fused is None else fused
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=fused)
-    grad_scaler = torch.amp.GradScaler(device.type, enabled=scaler)
-
-    def step():
-        x, _ = next(batches)
-        x = x.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = net(x)
-        loss = -out.elbo.mean()
-        opt.zero_grad(set_to_none=True)
-        grad_scaler.scale(loss).backward()
-        grad_scaler.step(opt)
-        grad_scaler.update()
-        if sync_each_step:
-            loss.item()
-        return len(x)
-
-    for _ in range(3):
-        step()
-    rates = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        n = sum(step() for _ in range(steps))
-        _sync(device)
-        rates.append(n / (time.perf_counter() - t0))
-    return rates
+                  fused: bool | None = None, sync_each_step: bool = False) -> list[float]:
+    """Images/s of `repeats` blocks of `steps` training steps (measure.training_step: AdamW as
+    the trainer builds it, or `fused` as given; fp16 gets a GradScaler), after 3 warm-up steps."""
+    adamw = {} if fused is None else {"fused": fused}
+    step = measure.training_step(model, batches, device, dtype=dtype,
+                                 compile_model=compile_model, sync_each_step=sync_each_step,
+                                 **adamw)
+    return measure.interleaved({"step": step}, steps, repeats, device)["step"]
 
 
 def flop_per_image(model: torch.nn.Module, batch: int = 4) -> float:
@@ -155,22 +126,6 @@ def time_iwae(model, x, k: int, repeats: int, device, chunk: int | None) -> list
     return rates
 
 
-def time_loading(batches, batches_per_repeat: int, repeats: int, device) -> list[float]:
-    """Images/s of drawing batches alone (moved to the device as float), no model."""
-    next(batches)
-    rates = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        n = 0
-        for _ in range(batches_per_repeat):
-            x, _ = next(batches)
-            n += len(x.to(device, non_blocking=True))
-        _sync(device)
-        rates.append(n / (time.perf_counter() - t0))
-    return rates
-
-
 class SeedDataset(torch.utils.data.Dataset):
     """What torchvision's CIFAR10 does per image: a PIL image from the HWC array, transformed."""
 
@@ -228,11 +183,15 @@ def run_bench(args, cfg: TrainConfig) -> int:
           f"data {cfg.data}")
     if args.loading_only:  # the input pipelines alone, one epoch's worth of batches each
         n = len(x) // b
-        add("seed pipeline: DataLoader + ToTensor, batches only", time_loading(
-            seed_pipeline(x, b, device), n, repeats, device), unit="img/s")
-        add("project: CifarLoader, batches only", time_loading(_forever(CifarLoader(
-            x, y, batch_size=b, device=device, drop_last=True)), n, repeats, device),
-            unit="img/s")
+        pipelines = {"seed pipeline: DataLoader + ToTensor, batches only":
+                     seed_pipeline(x, b, device),
+                     "project: CifarLoader, batches only":
+                     _forever(CifarLoader(x, y, batch_size=b, device=device, drop_last=True))}
+        rates = measure.interleaved({name: measure.batch_draw(it, device)  # in turns
+                                     for name, it in pipelines.items()}, n, repeats, device,
+                                    warmup=1)
+        for name, r in rates.items():
+            add(name, r, unit="img/s")
         rows[1]["speedup_vs_seed"] = rows[1]["median"] / rows[0]["median"]
         print(f"  CifarLoader: {rows[1]['speedup_vs_seed']:.0f}x the seed's input pipeline")
         return _write(args, device, cfg, b, n, repeats, rows)
@@ -241,7 +200,8 @@ def run_bench(args, cfg: TrainConfig) -> int:
     amp = decision.dtype  # the trainer's choice: bf16 autocast, or None for fp32
     other_dtype = None if amp else torch.bfloat16
     precisions = [amp, other_dtype] if "bf16" in decision.eligible else [None]  # where eligible
-    fused_too = not runtime.fused_adam(device)  # a row with fused Adam where it is not the default
+    fused = runtime.fused_adam(device)  # the trainer's Adam; a row with the other kind checks it
+    other_adam = "Adam not fused" if fused else "fused Adam"
     prec = decision.precision
     channels_last = runtime.channels_last_default(device)  # the trainer's choice
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -259,11 +219,10 @@ def run_bench(args, cfg: TrainConfig) -> int:
         add(f"project pipeline: CifarLoader + SeedVAE, {p}",
             time_training(seed_model, _forever(loader), device, steps, repeats, dtype=run_amp),
             precision=p, model="seed", label="SeedVAE")
-    if fused_too:
-        seed_model.load_state_dict(state)
-        add(f"project pipeline: CifarLoader + SeedVAE, {prec}, fused Adam", time_training(
-            seed_model, _forever(loader), device, steps, repeats, dtype=amp, fused=True),
-            precision=prec, variant="fused Adam")
+    seed_model.load_state_dict(state)
+    add(f"project pipeline: CifarLoader + SeedVAE, {prec}, {other_adam}", time_training(
+        seed_model, _forever(loader), device, steps, repeats, dtype=amp, fused=not fused),
+        precision=prec, variant=other_adam)
     models = {}
     for kind, label in (("conv", "ConvVAE"), ("hvae", "hierarchical VAE")):
         model = build_model(preset(size, kind=kind).model)
@@ -286,11 +245,10 @@ def run_bench(args, cfg: TrainConfig) -> int:
                     channels_last=not channels_last)),
                 device, steps, repeats, dtype=amp), precision=prec, variant=other_name)
             model.to(memory_format=layout)
-        if fused_too:
-            model.load_state_dict(init)
-            add(f"{name}, {prec}, fused Adam", time_training(
-                model, _forever(loader), device, steps, repeats, dtype=amp, fused=True),
-                precision=prec, variant="fused Adam")
+        model.load_state_dict(init)
+        add(f"{name}, {prec}, {other_adam}", time_training(
+            model, _forever(loader), device, steps, repeats, dtype=amp, fused=not fused),
+            precision=prec, variant=other_adam)
         if args.compile:
             model.load_state_dict(init)
             add(f"{name}, {prec}, torch.compile", time_training(

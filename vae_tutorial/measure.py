@@ -55,7 +55,7 @@ class Comparison:
             return (f"{self.ratio:.2f}x the speed, beyond the spread of repeats (identical "
                     f"set-ups: 1 in {1 / self.false_alarm:,.0f})")
         return (f"{self.ratio:.2f}x the speed, within the spread of repeats: "
-                "no measurable difference")
+                "this measurement cannot tell them apart")
 
 
 def compare(base, other) -> Comparison:
@@ -94,26 +94,46 @@ def interleaved(fns: dict[str, Callable[[], int]], calls: int, repeats: int,
     return rates
 
 
+def batch_draw(batches: Iterator, device: torch.device) -> Callable[[], int]:
+    """Draw the next batch and move it to the device, per call; returns its size (no model)."""
+
+    def draw() -> int:
+        x, _ = next(batches)
+        return len(x.to(device, non_blocking=True))
+
+    return draw
+
+
 def training_step(model: nn.Module, batches: Iterator, device: torch.device,
                   dtype: torch.dtype | None = None, compile_model: bool = False,
                   sync_each_step: bool = False, **adamw) -> Callable[[], int]:
-    """One training step of the model per call, as the trainer takes it (AdamW; `adamw`
+    """One training step of the model per call, as the trainer takes it with its defaults
+    (train.train_step: AdamW without weight decay, the gradient norm clipped at 200; `adamw`
     passes foreach= or fused=, default: the trainer's choice, runtime.fused_adam), on the
-    next batch; returns the batch size. dtype: autocast to bf16/fp16 (None: fp32, fp16 with a
-    GradScaler); sync_each_step: read the loss on the host after every step (`.item()`)."""
+    next batch, at a fixed learning rate; returns the batch size. dtype: autocast to
+    bf16/fp16 (None: fp32, fp16 with a GradScaler); sync_each_step: read the loss on the host
+    after every step (`.item()`)."""
+    from .config import TrainConfig
+
+    defaults = TrainConfig()
     model.to(device).train()
     net = torch.compile(model) if compile_model else model
-    adamw.setdefault("fused", runtime.fused_adam(device) or None)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, **adamw)
+    if "fused" not in adamw and not adamw.get("foreach"):  # the trainer's choice, unless asked
+        adamw["fused"] = runtime.fused_adam(device) or None
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=defaults.weight_decay,
+                            **adamw)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def step() -> int:
         x, _ = next(batches)
+        x = x.to(device, non_blocking=True)  # a DataLoader's batches come from the host
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = net(x)
         loss = losses.training_loss(out)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), defaults.grad_clip)
         scaler.step(opt)
         scaler.update()
         if sync_each_step:
@@ -159,6 +179,22 @@ def activation_gradients(model: nn.Module, x: torch.Tensor, scale: float = 1.0) 
         for h in handles:
             h.remove()
     return torch.cat(grads)
+
+
+def saved_activation_mib(model: nn.Module, x: torch.Tensor) -> float:
+    """MiB of the tensors autograd keeps for the backward pass of the training loss on x
+    (each stored tensor counted once; the parameters themselves left out), in fp32."""
+    params = {p.data_ptr() for p in model.parameters()}
+    seen: dict[tuple[int, int], int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() not in params:
+            seen[(t.data_ptr(), t.numel())] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        losses.training_loss(model.train()(x))
+    return sum(seen.values()) / 2**20
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:

@@ -207,3 +207,18 @@ def build_model(config: ModelConfig | None = None, **overrides) -> nn.Module:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_used_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters the training loss reaches: those that the backward pass
+    of one batch gives a gradient (a layer whose output the loss never uses gets none; a
+    gradient that happens to be zero still counts). Gradients are cleared, the random state
+    kept."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model.zero_grad(set_to_none=True)
+        x = torch.rand(2, 3, 32, 32)
+        (-model(x).elbo.mean()).backward()
+    used = sum(p.numel() for p in model.parameters() if p.requires_grad and p.grad is not None)
+    model.zero_grad(set_to_none=True)
+    return used

@@ -42,9 +42,21 @@ def provenance(config: TrainConfig | None = None) -> dict:
 
 
 def train_command(cfg: TrainConfig) -> str:
-    """The command line that trains (or finishes) the run of `cfg`."""
-    model = "" if cfg.model.kind == "conv" else f" --model {cfg.model.kind}"
-    return f"python -m vae_tutorial train --preset {cfg.preset}{model} --resume"
+    """The command line that trains (or finishes) the run of `cfg`: its preset and model, and
+    where its data roots or validation split differ from the preset's, those too (data folders
+    as /path/to/NAME)."""
+    base = preset(cfg.preset, kind=cfg.model.kind)
+    args = [f"--preset {cfg.preset}"]
+    if cfg.model.kind != "conv":
+        args.append(f"--model {cfg.model.kind}")
+    if Path(cfg.data).name != Path(base.data).name:
+        args.append(f"--data /path/to/{Path(cfg.data).name}")
+    if cfg.extra_data:
+        args.append(f"--set extra_data=/path/to/{Path(cfg.extra_data).name}")
+    for field in ("extra_repeats", "valid_size") if cfg.extra_data else ("valid_size",):
+        if getattr(cfg, field) != getattr(base, field):
+            args.append(f"--set {field}={getattr(cfg, field)}")
+    return f"python -m vae_tutorial train {' '.join(args)} --resume"
 
 
 def load_run(config: TrainConfig | None = None):

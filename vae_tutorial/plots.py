@@ -38,21 +38,24 @@ def savefig(fig, name: str, dpi: int = 110) -> Path:
 
 
 def plot_history(history: list[dict], axes=None):
-    """ELBO (bits/dim), reconstruction and KL per epoch, train and test, on three axes."""
+    """ELBO (bits/dim), reconstruction and KL per epoch, training and held-out (validation where
+    the run held images out, else test), on three axes."""
     import matplotlib.pyplot as plt
 
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    panels = [("bpd", "negative ELBO (bits/dim)", 1.0),
-              ("reconstruction", "-log p(x|z) (nats)", -1.0),
-              ("kl", "KL(q(z|x) || p(z)) (nats)", 1.0)]
-    for ax, (key, label, sign) in zip(axes, panels):
-        for split, style in (("train", "-"), ("test", "--")):
+    held = "valid" if any("valid_bpd" in h for h in history) else "test"
+    names = {"train": "training (epoch average)", "valid": "validation", "test": "test"}
+    panels = [("bpd", "negative ELBO", "bits/dim", 1.0),
+              ("reconstruction", "-E log p(x|z), one draw of z", "nats per image", -1.0),
+              ("kl", "KL(q(z|x) || p(z))", "nats per image", 1.0)]
+    for ax, (key, title, unit, sign) in zip(axes, panels):
+        for split, style in (("train", "-"), (held, "--")):
             points = [(h["epoch"], sign * h[f"{split}_{key}"]) for h in history
                       if f"{split}_{key}" in h]
-            ax.plot(*zip(*points), style, marker="o", ms=3, label=split)
-        ax.set_xlabel("epoch")
-        ax.set_title(label)
+            if points:
+                ax.plot(*zip(*points), style, marker="o", ms=3, label=names[split])
+        ax.set(xlabel="epoch", ylabel=unit, title=title)
         ax.legend()
         ax.grid(alpha=0.3)
     return axes

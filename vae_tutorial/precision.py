@@ -7,9 +7,12 @@ images). Among the eligible ones a CPU takes the faster, measured by `probe`: a 
 like the models' dominant ones (128 -> 128 channels at 16x16), forward and backward, timed in
 fp32 and in bf16 autocast for about a second. CPU flags do not predict it: the same AVX512-BF16
 flags made bf16 ~1.4x faster than fp32 on an AMD EPYC and ~0.6x on an Intel Xeon. bf16 must win
-by BF16_MARGIN, so a tie goes to fp32, the exact one. The decision and its figures are cached
-per CPU model, torch version, thread count and probe in runtime.precision_cache(), so the probe
-runs once per machine. CUDA keeps its rule without a probe: bf16 on GPUs that compute it
+by BF16_MARGIN in the medians *and* every bf16 repeat must beat every fp32 repeat (the ranges
+separate); otherwise the probe could not tell them apart and fp32, the exact one, is kept. The
+decision and its figures are cached per CPU model, torch version, thread count and probe in
+runtime.precision_cache(), so the probe runs once per machine, unless the repeats of either
+precision spread by more than MAX_SPREAD (a loaded machine): then nothing is cached and the
+next run measures again. CUDA keeps its rule without a probe: bf16 on GPUs that compute it
 natively (Ampere and later).
 
     d = decide(torch.device("cpu"))   # Decision(precision="bf16", reason="probe: ...", ...)
@@ -39,6 +42,7 @@ import torch.nn as nn
 from . import runtime
 
 BF16_MARGIN = 1.05  # bf16 is picked only when the probe measures it at least 5% faster
+MAX_SPREAD = 0.25  # (max - min) / median of a precision's repeats above which nothing is cached
 # The probe's convolution: channels, resolution, batch; timed `steps` passes per block.
 PROBE = dict(channels=128, size=16, batch=32, steps=3, repeats=5)
 REFERENCE = dict(channels=128, size=16, batch=128, steps=3, repeats=5)  # bench's roofline
@@ -50,7 +54,8 @@ class Decision:
 
     precision: str  # "bf16" (autocast) or "fp32"
     reason: str  # one line: the rule, or the probe's figures, that decided it
-    source: str  # "amp=false", "not eligible", "override", "cuda", "fast mode", "cache", "probe"
+    source: str  # "amp=false", "not eligible", "override", "cuda", "fast mode", "cache", "probe",
+    #              "probe, not cached" (the repeats spread too widely: measured again next run)
     eligible: tuple[str, ...] = ("fp32",)  # the precisions shown to give fp32's ELBO here
     figures: dict = field(default_factory=dict)  # the probe's: GFLOP/s per precision, ...
 
@@ -147,14 +152,39 @@ def probe_name(spec: dict | None = None) -> str:
             f"batch {s['batch']}, fwd+bwd")
 
 
-def pick(figures: dict, allowed: tuple[str, ...]) -> str:
-    """The faster eligible precision by the probe's figures; bf16 must be BF16_MARGIN faster."""
+def spread(repeats: list[float]) -> float:
+    """(max - min) / median of a probe's repeats: 0 on a quiet machine, large under load."""
+    med = statistics.median(repeats)
+    return (max(repeats) - min(repeats)) / med if med > 0 else math.inf
+
+
+def verdict(figures: dict, allowed: tuple[str, ...]) -> tuple[str, str]:
+    """(precision, why) from the probe's figures: bf16 only if it is eligible, its median is
+    BF16_MARGIN above fp32's and its slowest repeat beats fp32's fastest; else fp32."""
     if "bf16" not in allowed:
-        return "fp32"
+        return "fp32", "bf16 not eligible"
     fp32, bf16 = figures.get("fp32_gflops", 0.0), figures.get("bf16_gflops", 0.0)
     if not (math.isfinite(bf16) and math.isfinite(fp32)):
-        return "fp32"
-    return "bf16" if bf16 >= BF16_MARGIN * fp32 else "fp32"
+        return "fp32", "a figure is not finite"
+    r32, r16 = figures.get("fp32_repeats") or [fp32], figures.get("bf16_repeats") or [bf16]
+    if bf16 >= BF16_MARGIN * fp32 and min(r16) > max(r32):
+        return "bf16", "bf16 faster, every repeat"
+    if fp32 > bf16 and min(r32) > max(r16):
+        return "fp32", "fp32 faster, every repeat"
+    if bf16 >= BF16_MARGIN * fp32:
+        return "fp32", "bf16's median 5% faster but the ranges overlap: could not tell, fp32 kept"
+    return "fp32", "bf16 not 5% faster"
+
+
+def pick(figures: dict, allowed: tuple[str, ...]) -> str:
+    """The precision `verdict` picks."""
+    return verdict(figures, allowed)[0]
+
+
+def steady(figures: dict) -> bool:
+    """True when every precision's repeats spread by at most MAX_SPREAD: a probe worth caching."""
+    runs = [v for k, v in figures.items() if k.endswith("_repeats")]
+    return bool(runs) and all(spread(r) <= MAX_SPREAD for r in runs)
 
 
 # --- the cache ----------------------------------------------------------------------------------
@@ -185,6 +215,13 @@ def _write_cache(path: Path, key: str, entry: dict) -> None:
         warnings.warn(f"could not cache the precision probe in {path}: {e}", stacklevel=3)
 
 
+def _span(figures: dict, p: str) -> str:
+    """'281 (270-290)': a precision's median GFLOP/s and the range of its repeats."""
+    r = figures.get(f"{p}_repeats")
+    rng = f" ({min(r):.0f}-{max(r):.0f})" if r else ""
+    return f"{figures[f'{p}_gflops']:.0f}{rng}"
+
+
 _MEMO: dict[tuple[str, str], Decision] = {}  # (cache file, key) -> this process's decision
 
 
@@ -200,19 +237,22 @@ def _cpu_decision(allowed: tuple[str, ...], refresh: bool) -> Decision:
     if not refresh and memo in _MEMO:
         return _MEMO[memo]
     entry = None if refresh else _read_cache(path).get(key)
-    if isinstance(entry, dict) and isinstance(entry.get("figures"), dict):
+    if (isinstance(entry, dict) and isinstance(entry.get("figures"), dict)
+            and steady(entry["figures"])):  # an unsteady entry (older code wrote them): ignored
         figures, source = entry["figures"], "cache"
     else:
         figures, source = probe(), "probe"
         figures["measured"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")
         figures["key"] = key
-        _write_cache(path, key, {"figures": figures})
-    chosen = pick(figures, allowed)
-    word = "faster" if chosen == "bf16" else ("not 5% faster" if "bf16" in allowed else "")
+        if steady(figures):
+            _write_cache(path, key, {"figures": figures})
+        else:
+            source = "probe, not cached"  # a loaded machine: measure again next time
+    chosen, why = verdict(figures, allowed)
     reason = (f"{'cached ' if source == 'cache' else ''}probe ({figures['probe']}): bf16 "
-              f"{figures['bf16_gflops']:.0f} vs fp32 {figures['fp32_gflops']:.0f} GFLOP/s, "
-              f"bf16 {word}")
+              f"{_span(figures, 'bf16')} vs fp32 {_span(figures, 'fp32')} GFLOP/s, {why}"
+              f"{'; repeats spread too widely to cache' if source == 'probe, not cached' else ''}")
     decision = Decision(chosen, reason, source, allowed, figures)
     _MEMO[memo] = decision
     return decision

@@ -114,8 +114,10 @@ def channels_last_default(device: torch.device) -> bool:
 
 
 def fused_adam(device: torch.device) -> bool:
-    """Adam's update as one kernel for all parameters: on CUDA."""
-    return device.type == "cuda"
+    """Adam's update as one fused kernel for all parameters: on CUDA, and on a CPU, where
+    torch's default is a Python loop of small operations per tensor (notebook 5 times the fused
+    update several times faster than the loop; on a CPU the update is a few percent of a step)."""
+    return device.type in ("cuda", "cpu")
 
 
 def device_preset(device: torch.device) -> str:
