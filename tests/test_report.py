@@ -233,3 +233,18 @@ def test_the_tried_table_compares_validation_and_shows_test_only_for_the_evaluat
     (tmp_path / "c" / "history.json").write_text(json.dumps([{"epoch": 1, "test_bpd": 5.0}]))
     with pytest.raises(ValueError, match="no validation curve"):
         tried_table(tmp_path, [("c", "without a split")])
+
+
+def test_the_diverged_trial_is_described_by_its_own_history():
+    """results/hvae-tried.md: the lr 2e-3 row says where it diverged; its history says so too."""
+    from vae_tutorial.report import HVAE_TRIED
+
+    change = dict(HVAE_TRIED)["hvae-try-lr2e-3"]
+    history = json.loads((REPO / "results" / "hvae-try-lr2e-3" / "history.json").read_text())
+    last = history[-1]
+    assert last["epoch"] == 18 and last["skipped"] == 38 and round(last["valid_kl"]) == 183504
+    assert "epoch 18: 38 updates skipped, validation KL 183,504 nats" in change
+    assert all(h["skipped"] == 0 for h in history[:-1])
+    assert last["kl_weight"] == 1.0  # after the warm-up
+    best = min(h["valid_bpd"] for h in history)
+    assert last["valid_bpd"] > 30 * best  # diverged, not merely worse

@@ -426,6 +426,11 @@ def test_grad_skip_skips_huge_updates_and_counts_them(cfg, monkeypatch):
     with pytest.raises(TrainingDiverged, match="every step of epoch 1 was skipped.*grad_skip"):
         train(cfg.replace(epochs=1, grad_skip=1e-6, out_dir=cfg.out_dir + "-all"))
     assert not (Path(cfg.out_dir + "-all") / "checkpoint.pt").exists()
+    # with the progress bar on, which shows the epoch's running average at every sync: the same
+    # clear error, not a division by the zero images averaged so far (a diverged run once did that)
+    with pytest.raises(TrainingDiverged, match="every step of epoch 1 was skipped"):
+        train(cfg.replace(epochs=1, grad_skip=1e-6, log_every=2, progress=True,
+                          out_dir=cfg.out_dir + "-bar"))
 
 
 def test_free_bits_and_kl_warm_up_act_in_the_trainer(cfg):

@@ -244,8 +244,12 @@ HVAE_TRIED = [
     ("hvae-cpu-valid", "the `cpu` preset as it stood: groups 1, 2, 2 at 4x4, 8x8, 16x16, width 64, "
      "peak lr 1e-3, batch 64, KL warm-up 15 epochs, exact images mirrored at random; the "
      "trainer's fused AdamW (new on a CPU)"),
-    ("hvae-try-lr2e-3", "peak learning rate 2e-3 instead of 1e-3; everything else as the row "
-     "above"),
+    ("hvae-try-lr2e-3", "peak learning rate 2e-3 instead of 1e-3, everything else as the first "
+     "row: diverged after the KL warm-up (epoch 18: 38 updates skipped, validation KL 183,504 "
+     "nats) and stopped in epoch 19, when every update so far had been skipped (the trainer then "
+     "crashed in its progress bar; fixed)"),
+    ("hvae-try-batch32", "batch 32 instead of 64 (twice the updates for the same images), peak "
+     "learning rate 1e-3 as in the first row; everything else as the first row"),
 ]
 
 

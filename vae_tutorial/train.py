@@ -267,7 +267,7 @@ def run_epoch(run: Run) -> dict | None:
                     f"(now {cfg.lr:g}) or grad_clip (now {cfg.grad_clip:g}).")
             pos.sums = sums.tolist()
             pos.epoch_seconds = time.perf_counter() - t0
-            if run.show:
+            if run.show and pos.seen:  # (none yet when every step so far was skipped)
                 bar.set_postfix(bpd=f"{losses.bits_per_dim(pos.sums[0] / pos.seen):.3f}",
                                 kl=f"{pos.sums[2] / pos.seen:.1f}")
             due = time.perf_counter() - run.last_save >= 60 * cfg.checkpoint_minutes
