@@ -44,7 +44,9 @@ def plot_history(history: list[dict], axes=None):
 
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    held = "valid" if any("valid_bpd" in h for h in history) else "test"
+    from .train import curve_split
+
+    held = curve_split(history)
     names = {"train": "training (epoch average)", "valid": "validation", "test": "test"}
     panels = [("bpd", "negative ELBO", "bits/dim", 1.0),
               ("reconstruction", "-E log p(x|z), one draw of z", "nats per image", -1.0),

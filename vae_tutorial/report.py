@@ -183,6 +183,17 @@ ABLATIONS = [
 ]
 
 
+def _valid_points(history: list[dict]) -> list[tuple]:
+    """(validation bits/dim, its s.e. or None, epoch) of every epoch that recorded one."""
+    return [(h["valid_bpd"], h.get("valid_bpd_se"), h["epoch"]) for h in history
+            if "valid_bpd" in h]
+
+
+def _epochs(epochs: int, partial, steps: int) -> str:
+    """'95 (last partial) (6,729)': epochs, whether the last was cut short, and steps."""
+    return f"{epochs}{' (last partial)' if partial else ''} ({steps:,})"
+
+
 def ablation_rows(results: Path, ablations=ABLATIONS) -> list[dict]:
     """The numbers of each recorded ablation run (see ABLATIONS); a run without eval.json is
     left out. Validation entries are None for a run without a validation split."""
@@ -193,8 +204,7 @@ def ablation_rows(results: Path, ablations=ABLATIONS) -> list[dict]:
             continue
         history, ev = _load(run / "history.json"), _load(run / "eval.json")
         net = build_model(preset("cpu", kind=kind, **fields).model)
-        valid = [(h["valid_bpd"], h.get("valid_bpd_se"), h["epoch"]) for h in history
-                 if "valid_bpd" in h]
+        valid = _valid_points(history)
         best = min(valid) if valid else (None, None, None)
         rows.append({"folder": folder, "label": label, "changed": changed,
                      "latents": net.latent_dim, "parameters": count_used_parameters(net),
@@ -224,7 +234,7 @@ def ablation_table(results: Path) -> str:
     for r in ablation_rows(results):
         valid = (f"{_pm(r['valid_bpd'], r['valid_se'])} ({r['valid_epoch']})"
                  if r["valid_bpd"] is not None else "no validation split")
-        epochs = f"{r['epochs']}{' (last partial)' if r['partial'] else ''} ({r['steps']:,})"
+        epochs = _epochs(r["epochs"], r["partial"], r["steps"])
         params = f"{r['parameters'] / 1e6:.2f} M"
         if r["parameters_defined"] != r["parameters"]:
             params += f" ({r['parameters_defined'] / 1e6:.2f} M defined)"
@@ -264,8 +274,7 @@ def tried_table(results: Path, tried=HVAE_TRIED) -> str:
         if not path.exists():
             continue
         history = _load(path)
-        valid = [(h["valid_bpd"], h.get("valid_bpd_se"), h["epoch"]) for h in history
-                 if "valid_bpd" in h]
+        valid = _valid_points(history)
         if not valid:
             raise ValueError(f"{folder}: no validation curve; a tried run must hold one out")
         best, last = min(valid), valid[-1]
@@ -275,9 +284,8 @@ def tried_table(results: Path, tried=HVAE_TRIED) -> str:
             ev = _load(ev_path)
             test = (f"{_pm(ev['iwae_bits_per_dim'], ev.get('iwae_bits_per_dim_se'))} "
                     f"(k={ev['num_samples']})")
-        epochs = (f"{history[-1]['epoch']}{' (last partial)' if history[-1].get('partial') else ''}"
-                  f" ({history[-1]['step']:,})")
         end = history[-1]
+        epochs = _epochs(end["epoch"], end.get("partial"), end["step"])
         lines.append(f"| `{folder}` | {change} | {_pm(best[0], best[1])} ({best[2]}) "
                      f"| {_pm(last[0], last[1])} | {epochs} | {_minutes(history):.1f} min "
                      f"| {end.get('hardware', '?')}, {end.get('precision', 'fp32')} | {test} |")
