@@ -3,7 +3,7 @@ validation epoch with its standard error, runs without a validation split, laten
 
 import json
 
-from vae_tutorial.report import ABLATIONS, ablation_rows, ablation_table
+from vae_tutorial.report import ABLATIONS, HVAE_CHOSEN, ablation_rows, ablation_table
 
 
 def _run(root, folder, history, **ev):
@@ -80,4 +80,9 @@ def test_readme_statements_about_the_ablations():
     assert -0.25 < compute < -0.15 and -compute > 3.5 * compute_noise
     assert 1.75 < rows["hvae-cpu-valid"]["steps"] / rows["ablation-hvae"]["steps"] < 1.85
     assert "compute is about as large a part of it" in text
+    recipe, recipe_noise = gap("hvae-cpu-valid", HVAE_CHOSEN)
+    updates = rows[HVAE_CHOSEN]["steps"] / rows["hvae-cpu-valid"]["steps"]
+    assert "with 2.7 times the updates of that run" in text and round(updates, 1) == 2.7
+    assert "ends about 0.3 lower again, five times the noise" in text
+    assert -0.32 < recipe < -0.25 and 4.5 < -recipe / recipe_noise < 5.5
     assert abs(compute - hierarchy) < (noise**2 + compute_noise**2) ** 0.5

@@ -180,3 +180,43 @@ def test_match_time_trains_one_model_for_another_runs_time(tmp_path, env, monkey
     (cfg,) = seen
     assert cfg.model.kind == "seed" and cfg.time_limit == 1.5 and cfg.epochs == 100
     assert Path(cfg.out_dir) == tmp_path / "runs" / "seed-fast"
+
+
+def test_evaluate_on_the_runs_own_validation_images_per_image(tmp_path, env):
+    """`evaluate --split valid --per-image` scores the images the run held out (the trainer's
+    draw), keeps every image's values in order, and a run without a split is refused."""
+    from vae_tutorial.checkpoint import load_model
+    from vae_tutorial.config import TrainConfig
+    from vae_tutorial.data import CifarLoader
+    from vae_tutorial.evaluate import evaluate
+    from vae_tutorial.train import load_training_data
+
+    out = tmp_path / "run"
+    r = run("train", "--out", out, "--epochs", "1", "--set", "valid_size=40",
+            "--set", "train_limit=300", env=env)
+    assert r.returncode == 0, r.stderr
+    r = run("evaluate", out / "checkpoint.pt", "--split", "valid", "--per-image", "-k", "2",
+            "--json", tmp_path / "v.json", env=env)
+    assert r.returncode == 0, r.stderr
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert v["split"] == "valid" and v["images"] == 40 == len(v["elbo_per_image"])
+    assert len(v["iwae_per_image"]) == 40
+    assert math.isclose(sum(v["elbo_per_image"]) / 40, v["elbo"], rel_tol=1e-6)  # float32 sums
+    model, ckpt = load_model(out / "checkpoint.pt")
+    held = load_training_data(TrainConfig.from_dict(ckpt["config"]))["valid"]
+    torch.manual_seed(0)  # evaluate's default --seed
+    mine = evaluate(model, CifarLoader(*held, batch_size=50, shuffle=False), num_samples=2,
+                    per_image=True)
+    assert torch.allclose(torch.tensor(mine.elbo_per_image), torch.tensor(v["elbo_per_image"]),
+                          rtol=1e-5)
+    # the test split's JSON has no per-image lists unless asked
+    r = run("evaluate", out / "checkpoint.pt", "-k", "0", "--limit", "8", "--json",
+            tmp_path / "t.json", env=env)
+    assert r.returncode == 0
+    assert "elbo_per_image" not in json.loads((tmp_path / "t.json").read_text())
+    r = run("train", "--out", tmp_path / "nosplit", "--epochs", "1", "--set", "train_limit=100",
+            env=env)
+    assert r.returncode == 0, r.stderr
+    r = run("evaluate", tmp_path / "nosplit" / "checkpoint.pt", "--split", "valid", env=env)
+    assert r.returncode == 2 and "held out no validation images" in r.stderr
+    assert "Traceback" not in r.stderr

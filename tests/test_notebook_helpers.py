@@ -83,3 +83,14 @@ def test_train_command_names_the_runs_own_data_and_split(monkeypatch, tmp_path):
         "--set extra_data=/path/to/cifar10-subset --set valid_size=0 --resume")
     hvae = preset("cpu", kind="hvae")
     assert train_command(hvae) == "python -m vae_tutorial train --preset cpu --model hvae --resume"
+    # a run whose recipe differs from today's preset (notebook 8's batch-64 run) says how
+    other = 256 if hvae.batch_size != 256 else 128
+    older = hvae.replace(batch_size=other, hflip=not hvae.hflip)
+    command = train_command(older)
+    assert command == ("python -m vae_tutorial train --preset cpu --model hvae "
+                       f"--set batch_size={other} --set hflip={not hvae.hflip} --resume")
+    # ... and that command builds the same config again
+    from vae_tutorial.cli import _config, build_parser
+
+    args = build_parser().parse_args(command.split()[3:])
+    assert _config(args) == older

@@ -133,3 +133,19 @@ def test_the_curves_plot_shows_the_validation_split_where_a_run_has_one():
         assert labels == ["training (epoch average)", {"valid": "validation", "test": "test"}[held]]
         assert axes[2].get_ylabel() == "nats per image"
         assert list(axes[1].get_lines()[1].get_ydata()) == [1e4, 1e4]  # -E log p, positive
+
+
+def test_results_records_the_further_evaluations_of_a_run(tmp_path):
+    """checkpoint.publish copies history.json, eval.json and every eval-*.json (validation,
+    more samples), and nothing else of the run folder."""
+    from vae_tutorial.checkpoint import publish
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("history.json", "eval.json", "eval-valid.json", "eval-k1000.json", "notes.json"):
+        (run / name).write_text(json.dumps({"name": name}))
+    publish(run, tmp_path / "dest", weights=False)
+    got = sorted(p.name for p in (tmp_path / "dest").iterdir())
+    assert got == ["eval-k1000.json", "eval-valid.json", "eval.json", "history.json"]
+    assert json.loads((tmp_path / "dest" / "eval-valid.json").read_text()) == {
+        "name": "eval-valid.json"}

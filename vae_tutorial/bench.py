@@ -1,7 +1,8 @@
 """Speed, measured side by side in one run: the seed's pipeline against the project's.
 
 Every figure is the median of `repeats` timed blocks of `steps` training steps (or IWAE
-batches), after warm-up. Rows:
+batches), after warm-up; the training rows' blocks take turns (row a, b, c, a, b, c, ...), so
+that a change of the machine's load hits every row alike. Rows:
   seed pipeline    torchvision CIFAR10 + ToTensor + DataLoader(num_workers=cpu_count//2,
                    pin_memory) + SeedVAE in fp32, the loss corrected (Bernoulli on [0, 1])
   project, seed    CifarLoader (uint8 on the device) + the same SeedVAE, in the precision
@@ -18,6 +19,7 @@ large 3x3 convolution (precision.REFERENCE) forward and backward in the same pre
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shlex
@@ -26,7 +28,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -42,18 +44,6 @@ TRAIN_IMAGES = 50_000  # one epoch of the full training set
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def time_training(model, batches, device, steps: int, repeats: int,
-                  dtype: torch.dtype | None = None, compile_model: bool = False,
-                  fused: bool | None = None, sync_each_step: bool = False) -> list[float]:
-    """Images/s of `repeats` blocks of `steps` training steps (measure.training_step: AdamW as
-    the trainer builds it, or `fused` as given; fp16 gets a GradScaler), after 3 warm-up steps."""
-    adamw = {} if fused is None else {"fused": fused}
-    step = measure.training_step(model, batches, device, dtype=dtype,
-                                 compile_model=compile_model, sync_each_step=sync_each_step,
-                                 **adamw)
-    return measure.interleaved({"step": step}, steps, repeats, device)["step"]
 
 
 def flop_per_image(model: torch.nn.Module, batch: int = 4) -> float:
@@ -205,60 +195,60 @@ def run_bench(args, cfg: TrainConfig) -> int:
     prec = decision.precision
     channels_last = runtime.channels_last_default(device)  # the trainer's choice
     layout = torch.channels_last if channels_last else torch.contiguous_format
+    # Every training row gets its own copy of the model (same initial weights) and its own
+    # optimizer; the rows' timed blocks then take turns (measure.interleaved), so a change of
+    # load hits them alike. (The seed pipeline's DataLoader worker may fill its prefetch queue,
+    # two batches, during the other rows' turns, as it does during its own.)
+    timed: list[tuple[str, Callable[[], int], dict]] = []  # (name, one step, row fields)
+
+    def row(name, net, batches, dtype, layout=torch.contiguous_format, **extra):
+        fields = {k: v for k, v in extra.items() if k not in ("fused", "compile_model")}
+        adamw = {"fused": extra["fused"]} if "fused" in extra else {}
+        timed.append((name, measure.training_step(
+            copy.deepcopy(net).to(memory_format=layout), batches, device, dtype=dtype,
+            compile_model=extra.get("compile_model", False), **adamw), fields))
+
     torch.manual_seed(0)
     seed_model = build_model(kind="seed", likelihood="bernoulli")
-    state = {k: v.clone() for k, v in seed_model.state_dict().items()}
-    add("seed pipeline: DataLoader + SeedVAE, fp32", time_training(
-        seed_model, seed_pipeline(x, b, device), device, steps, repeats, dtype=None,
-        fused=False), precision="fp32", variant="seed pipeline")
+    row("seed pipeline: DataLoader + SeedVAE, fp32", seed_model, seed_pipeline(x, b, device),
+        None, fused=False, precision="fp32", variant="seed pipeline")
     loader = CifarLoader(x, y, batch_size=b, device=device, drop_last=True,
                          channels_last=channels_last)
     for run_amp in precisions:  # fp32 beside bf16: the data path's share alone
-        seed_model.load_state_dict(state)
         p = "bf16" if run_amp else "fp32"
-        add(f"project pipeline: CifarLoader + SeedVAE, {p}",
-            time_training(seed_model, _forever(loader), device, steps, repeats, dtype=run_amp),
-            precision=p, model="seed", label="SeedVAE")
-    seed_model.load_state_dict(state)
-    add(f"project pipeline: CifarLoader + SeedVAE, {prec}, {other_adam}", time_training(
-        seed_model, _forever(loader), device, steps, repeats, dtype=amp, fused=not fused),
-        precision=prec, variant=other_adam)
+        row(f"project pipeline: CifarLoader + SeedVAE, {p}", seed_model, _forever(loader),
+            run_amp, precision=p, model="seed", label="SeedVAE")
+    row(f"project pipeline: CifarLoader + SeedVAE, {prec}, {other_adam}", seed_model,
+        _forever(loader), amp, fused=not fused, precision=prec, variant=other_adam)
     models = {}
     for kind, label in (("conv", "ConvVAE"), ("hvae", "hierarchical VAE")):
         model = build_model(preset(size, kind=kind).model)
         models[kind] = model
-        init = {k: v.clone() for k, v in model.state_dict().items()}
         name = f"project pipeline: CifarLoader + {label} ({size} preset)"
         for run_amp in precisions:
-            model.load_state_dict(init)
             p = "bf16" if run_amp else "fp32"
-            add(f"{name}, {p}", time_training(
-                model.to(memory_format=layout), _forever(loader), device, steps, repeats,
-                dtype=run_amp), precision=p, model=kind, label=f"{label} ({size} preset)")
+            row(f"{name}, {p}", model, _forever(loader), run_amp, layout, precision=p,
+                model=kind, label=f"{label} ({size} preset)")
         if kind == "conv":  # channels_last is the default on CUDA only: check that choice
             other = torch.contiguous_format if channels_last else torch.channels_last
-            model.load_state_dict(init)
             other_name = "contiguous" if channels_last else "channels_last"
-            add(f"{name}, {prec}, {other_name}", time_training(
-                model.to(memory_format=other), _forever(CifarLoader(
-                    x, y, batch_size=b, device=device, drop_last=True,
-                    channels_last=not channels_last)),
-                device, steps, repeats, dtype=amp), precision=prec, variant=other_name)
-            model.to(memory_format=layout)
-        model.load_state_dict(init)
-        add(f"{name}, {prec}, {other_adam}", time_training(
-            model, _forever(loader), device, steps, repeats, dtype=amp, fused=not fused),
-            precision=prec, variant=other_adam)
+            row(f"{name}, {prec}, {other_name}", model, _forever(CifarLoader(
+                x, y, batch_size=b, device=device, drop_last=True,
+                channels_last=not channels_last)), amp, other, precision=prec,
+                variant=other_name)
+        row(f"{name}, {prec}, {other_adam}", model, _forever(loader), amp, layout,
+            fused=not fused, precision=prec, variant=other_adam)
         if args.compile:
-            model.load_state_dict(init)
-            add(f"{name}, {prec}, torch.compile", time_training(
-                model, _forever(loader), device, steps, repeats, dtype=amp, compile_model=True),
-                precision=prec, variant="torch.compile")
+            row(f"{name}, {prec}, torch.compile", model, _forever(loader), amp, layout,
+                compile_model=True, precision=prec, variant="torch.compile")
     if args.compile:
-        seed_model.load_state_dict(state)
-        add(f"project pipeline: CifarLoader + SeedVAE, {prec}, torch.compile", time_training(
-            seed_model, _forever(loader), device, steps, repeats, dtype=amp, compile_model=True),
-            precision=prec, variant="torch.compile")
+        row(f"project pipeline: CifarLoader + SeedVAE, {prec}, torch.compile", seed_model,
+            _forever(loader), amp, compile_model=True, precision=prec, variant="torch.compile")
+    print(f"  {len(timed)} training rows, their blocks of {steps} steps in turns, "
+          f"{repeats} rounds", flush=True)
+    rates = measure.interleaved({name: step for name, step, _ in timed}, steps, repeats, device)
+    for name, _, fields in timed:
+        add(name, rates[name], **fields)
     seed_rate = rows[0]["median"]
     for row in rows[1:]:
         row["speedup_vs_seed"] = row["median"] / seed_rate

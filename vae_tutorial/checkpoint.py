@@ -190,8 +190,9 @@ def load_model(path: str | os.PathLike, map_location="cpu"):
 
 
 def publish(run_dir, dest, weights: bool = True) -> None:
-    """Record a finished run under results/: its history.json and eval.json, and (weights)
-    its half-precision weights with their sha256."""
+    """Record a finished run under results/: its history.json and eval.json, any further
+    evaluations (eval-*.json: on its validation images, with more samples), and (weights) its
+    half-precision weights with their sha256."""
     run_dir, dest = Path(run_dir), Path(dest)
     for name in ("history.json", "eval.json"):
         if not (run_dir / name).is_file():
@@ -200,6 +201,8 @@ def publish(run_dir, dest, weights: bool = True) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("history.json", "eval.json"):
         shutil.copyfile(run_dir / name, dest / name)
+    for extra in sorted(run_dir.glob("eval-*.json")):
+        shutil.copyfile(extra, dest / extra.name)
     if weights:
         digest = export_half(path(run_dir), dest / "model-fp16.pt")
         (dest / "model-fp16.pt.sha256").write_text(f"{digest}  model-fp16.pt\n")

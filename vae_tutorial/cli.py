@@ -164,26 +164,40 @@ def cmd_evaluate(args) -> int:
     from tqdm.auto import tqdm
 
     from .checkpoint import load_model
-    from .data import CifarLoader, load_cifar10
+    from .data import CifarLoader, load_cifar10, split_validation
     from .evaluate import evaluate, latent_statistics
 
     cfg = _config(args)
     path = _checkpoint(args, cfg)
-    json_path = args.json or (None if args.checkpoint else path.parent / "eval.json")
+    name = "eval.json" if args.split == "test" else f"eval-{args.split}.json"
+    json_path = args.json or (None if args.checkpoint else path.parent / name)
     device = runtime.pick_device(cfg.device)
     model, ckpt = load_model(path, map_location=device)
-    root = cfg.test_data if args.split == "test" else cfg.data
-    stored = ckpt["config"].get("test_data" if args.split == "test" else "data")
+    run = ckpt["config"]
+    key = {"test": "test_data", "train": "data",  # valid: the exact images it was taken from
+           "valid": "extra_data" if run.get("extra_data") else "data"}[args.split]
+    exact = (cfg.extra_data or cfg.data) if run.get("extra_data") else cfg.data
+    root = {"test": cfg.test_data, "train": cfg.data, "valid": exact}[args.split]
+    stored = run.get(key)
     if args.data is None and args.test_data is None and stored and Path(stored).is_dir():
         root = stored  # by default, the images the run itself was tested (trained) on
-    x, y = load_cifar10(root, args.split, allow_partial=cfg.allow_partial)
+    x, y = load_cifar10(root, "test" if args.split == "test" else "train",
+                        allow_partial=cfg.allow_partial)
+    if args.split == "valid":  # the run's own held-out training images (train.load_training_data)
+        if not run.get("valid_size"):
+            raise ValueError(f"--split valid: {path} held out no validation images "
+                             "(valid_size 0); evaluate --split test instead")
+        if not run.get("extra_data") and run.get("train_limit"):
+            x, y = x[:run["train_limit"]], y[:run["train_limit"]]
+        _, held = split_validation(len(x), run["valid_size"], run.get("valid_seed", 0))
+        x, y = x[held], y[held]
     if args.limit:
         x, y = x[:args.limit], y[:args.limit]
     batches = CifarLoader(x, y, batch_size=args.batch_size, device=device, shuffle=False)
     torch.manual_seed(args.seed)
     t0 = time.perf_counter()
     ev = evaluate(model, tqdm(batches, desc="evaluate", leave=False), num_samples=args.samples,
-                  chunk=args.chunk)
+                  chunk=args.chunk, per_image=args.per_image)
     seconds = time.perf_counter() - t0  # evaluate() ends with a host copy, so this is synced
     shown = path.resolve()
     if shown.is_relative_to(runtime.checkout_dir()):  # no machine-specific prefix in results
@@ -194,7 +208,8 @@ def cmd_evaluate(args) -> int:
               # the run's validation split (held out of training, used for its curves)
               "valid_size": ckpt["config"].get("valid_size", 0),
               "valid_seed": ckpt["config"].get("valid_seed", 0),
-              **dataclasses.asdict(ev)}
+              **{k: v for k, v in dataclasses.asdict(ev).items()
+                 if v is not None or not k.endswith("_per_image")}}
     if args.stats:
         if not hasattr(model, "encode"):
             raise ValueError(f"--stats: the {model.config.kind} model has no single latent z")
@@ -360,7 +375,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, nargs="?", help=ckpt_help)
     p.add_argument("-k", "--samples", type=number(int, 0, 100_000), default=100,
                    help="IWAE samples (0: ELBO only)")
-    p.add_argument("--split", choices=["train", "test"], default="test")
+    p.add_argument("--split", choices=["train", "valid", "test"], default="test",
+                   help="valid: the run's own validation images (its valid_size, valid_seed)")
+    p.add_argument("--per-image", action="store_true",
+                   help="also write every image's ELBO (and IWAE) to the JSON, in nats, for "
+                   "comparing two models on the same images")
     p.add_argument("--limit", type=count, help="evaluate the first N images only")
     p.add_argument("--batch-size", type=field("batch_size"), default=50)
     p.add_argument("--chunk", type=count, help="images decoded at once by IWAE "
@@ -425,9 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("results", help="record a finished run under results/ (maintainers)",
-                       description="Copy the --preset/--model run's history.json and eval.json "
-                       "to results/<model>-<preset>/ (with --weights, half-precision weights and "
-                       "their sha256 too), then regenerate the README's tables.")
+                       description="Copy the --preset/--model run's history.json, eval.json "
+                       "and any eval-*.json (e.g. --split valid's) to results/<model>-<preset>/ "
+                       "(with --weights, half-precision weights and their sha256 too), then "
+                       "regenerate the README's tables.")
     _common(p)
     p.add_argument("--run", type=existing_dir, help="the run folder (default: that of --preset "
                    "and --model, runs/<model>-<preset>)")

@@ -51,15 +51,21 @@ class Evaluation:
     bits_per_dim_se: float = 0.0
     iwae_se: float | None = None
     iwae_bits_per_dim_se: float | None = None
+    # with per_image=True: every image's ELBO (and IWAE) in nats, in order, for paired
+    # comparisons of two models on the same images (analysis.paired_difference)
+    elbo_per_image: list[float] | None = None
+    iwae_per_image: list[float] | None = None
 
 
 @torch.no_grad()
-def evaluate(model, batches, num_samples: int = 0, chunk: int | None = None) -> Evaluation:
+def evaluate(model, batches, num_samples: int = 0, chunk: int | None = None,
+             per_image: bool = False) -> Evaluation:
     """ELBO terms (and, with num_samples > 0, the IWAE log-likelihood) over an iterable of
-    (x, label) batches (wrap it in a progress bar if you like), each checked to lie in [0, 1].
-    The model is put in eval mode and restored."""
+    (x, label) batches (wrap it in a progress bar if you like), each checked to lie in [0, 1];
+    per_image also keeps every image's values. The model is put in eval mode and restored."""
     totals = torch.zeros(4, dtype=torch.float64)
     squares = torch.zeros(2, dtype=torch.float64)  # of the per-image ELBO and IWAE
+    kept: list[torch.Tensor] = []  # (2, B) per batch: ELBO and IWAE of each image
     n = 0
     with eval_mode(model):
         for x, _ in batches:
@@ -70,7 +76,10 @@ def evaluate(model, batches, num_samples: int = 0, chunk: int | None = None) -> 
                                    iw.sum()]).double().cpu()
             squares += torch.stack([out.elbo.double().pow(2).sum(),
                                     iw.double().pow(2).sum()]).cpu()
+            if per_image:
+                kept.append(torch.stack([out.elbo, iw]).double().cpu())
             n += len(x)
+    values = torch.cat(kept, dim=1).tolist() if kept else [None, None]
     elbo, rec, kl, iw = (totals / max(n, 1)).tolist()
     var = (squares / max(n, 1) - torch.tensor([elbo, iw]).pow(2)).clamp_min(0) * n / max(n - 1, 1)
     elbo_se, iw_se = (var / max(n, 1)).sqrt().tolist()
@@ -81,7 +90,8 @@ def evaluate(model, batches, num_samples: int = 0, chunk: int | None = None) -> 
                       num_samples=num_samples or None, images=n,
                       elbo_se=elbo_se, bits_per_dim_se=-losses.bits_per_dim(elbo_se),
                       iwae_se=iw_se if num_samples else None,
-                      iwae_bits_per_dim_se=-losses.bits_per_dim(iw_se) if num_samples else None)
+                      iwae_bits_per_dim_se=-losses.bits_per_dim(iw_se) if num_samples else None,
+                      elbo_per_image=values[0], iwae_per_image=values[1] if num_samples else None)
 
 
 @torch.no_grad()

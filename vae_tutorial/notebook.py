@@ -41,10 +41,14 @@ def provenance(config: TrainConfig | None = None) -> dict:
     }
 
 
+# the training fields train_command repeats where a run differs from its preset
+RECIPE = ("valid_size", "batch_size", "lr", "kl_warmup_epochs", "epochs", "time_limit", "hflip")
+
+
 def train_command(cfg: TrainConfig) -> str:
     """The command line that trains (or finishes) the run of `cfg`: its preset and model, and
-    where its data roots or validation split differ from the preset's, those too (data folders
-    as /path/to/NAME)."""
+    where its data roots, validation split or RECIPE fields differ from the preset's, those
+    too (data folders as /path/to/NAME)."""
     base = preset(cfg.preset, kind=cfg.model.kind)
     args = [f"--preset {cfg.preset}"]
     if cfg.model.kind != "conv":
@@ -53,7 +57,8 @@ def train_command(cfg: TrainConfig) -> str:
         args.append(f"--data /path/to/{Path(cfg.data).name}")
     if cfg.extra_data:
         args.append(f"--set extra_data=/path/to/{Path(cfg.extra_data).name}")
-    for field in ("extra_repeats", "valid_size") if cfg.extra_data else ("valid_size",):
+    fields = ("extra_repeats",) * bool(cfg.extra_data) + RECIPE
+    for field in fields:
         if getattr(cfg, field) != getattr(base, field):
             args.append(f"--set {field}={getattr(cfg, field)}")
     return f"python -m vae_tutorial train {' '.join(args)} --resume"
