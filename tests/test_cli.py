@@ -122,7 +122,7 @@ def test_bench_writes_its_table(tmp_path, env):
     assert all(math.isfinite(row["median"]) and row["median"] > 0 for row in rows)
     assert math.isfinite(rows[1]["speedup_vs_seed"]) and rows[1]["speedup_vs_seed"] > 0
     r = run("bench", "--steps", "1", "--repeats", "1", "--ks", "2", "--iwae-images", "4",
-            "--batch-size", "16", "--json", out, env=env)
+            "--batch-size", "16", "--profile-steps", "1", "--json", out, env=env)
     assert r.returncode == 0, r.stderr
     table = json.loads(out.read_text())
     names = [row["name"] for row in table["rows"]]
@@ -135,6 +135,14 @@ def test_bench_writes_its_table(tmp_path, env):
         ("project pipeline: CifarLoader + SeedVAE, bf16" in names) == bf16)
     assert all(row["median"] > 0 for row in table["rows"])
     assert table["rows"][1]["speedup_vs_seed"] > 0 and table["data"] == "cifar10-subset"
+    # where each model's step goes, in the picked precision: one row per model
+    profiled = table["profile"]["rows"]
+    assert [r["model"] for r in profiled] == ["SeedVAE", "ConvVAE (cpu preset)",
+                                              "hierarchical VAE (cpu preset)"]
+    assert all(r["precision"] == table["precision"]["precision"] for r in profiled)
+    for r in profiled:
+        assert sum(r["kinds"].values()) == pytest.approx(1.0)
+        assert 0 < r["kinds"]["convolutions"] < 1 and r["conv_gflops"] > 0
 
 
 def test_committed_weights_reproduce_their_evaluation(tmp_path, env):

@@ -14,7 +14,9 @@ that a change of the machine's load hits every row alike. Rows:
 The JSON also holds the precision decision with the probe's figures, and a roofline: each
 model's FLOP per image of a training step (torch.utils.flop_counter, forward and backward),
 the GFLOP/s its rows reach, and their fraction of a reference measured in the same run, one
-large 3x3 convolution (precision.REFERENCE) forward and backward in the same precision.
+large 3x3 convolution (precision.REFERENCE) forward and backward in the same precision; and,
+with --profile-steps, where each model's step spends its time in the picked precision (the
+share of each kind of operator, torch.profiler) and the rate of its convolutions alone.
 """
 
 from __future__ import annotations
@@ -46,12 +48,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def flop_per_image(model: torch.nn.Module, batch: int = 4) -> float:
+def flop_per_image(model: torch.nn.Module, batch: int = 4, convolutions: bool = False) -> float:
     """FLOP of one training step per image, forward and backward, as torch.utils.flop_counter
     counts them (convolutions and matrix products; elementwise work and the optimizer are not
-    counted). Runs on a copy on the CPU in fp32; the random state is left as it was."""
-    import copy
-
+    counted); with convolutions=True, those of the convolutions alone. Runs on a copy on the
+    CPU in fp32; the random state is left as it was."""
     from torch.utils.flop_counter import FlopCounterMode
 
     net = copy.deepcopy(model).cpu().float().train()
@@ -59,7 +60,30 @@ def flop_per_image(model: torch.nn.Module, batch: int = 4) -> float:
         x = torch.randint(0, 256, (batch, 3, 32, 32)).float().div(255)
         with FlopCounterMode(display=False) as counter:
             (-net(x).elbo.mean()).backward()
-    return counter.get_total_flops() / batch
+    if not convolutions:
+        return counter.get_total_flops() / batch
+    ops = counter.get_flop_counts()["Global"]
+    return sum(v for op, v in ops.items() if measure.op_kind(str(op)) == "convolutions") / batch
+
+
+def profile_rows(rows: list[dict], profiles: dict[str, dict], conv_flop: dict[str, float],
+                 reference: dict) -> list[dict]:
+    """One row per profiled model (its bench row in the picked precision): the fraction of the
+    step's operator time each kind of operator takes (measure.profile_step), and the rate of
+    the convolutions alone (their FLOP at the row's training rate, in their share of the step)
+    against the reference convolution's."""
+    out = []
+    for r in rows:
+        kind = r.get("model")
+        if kind not in profiles or r.get("variant") or not r.get("picked"):
+            continue
+        share = profiles[kind]["kinds"]["convolutions"]
+        gflops = conv_flop[kind] * r["median"] / max(share, 1e-9) / 1e9
+        out.append({"model": r["label"], "precision": r["precision"],
+                    "kinds": profiles[kind]["kinds"],
+                    "conv_mflop_per_image": conv_flop[kind] / 1e6, "conv_gflops": gflops,
+                    "conv_fraction_of_reference": gflops / reference[r["precision"]]})
+    return out
 
 
 def roofline(rows: list[dict], flop: dict[str, float], reference: dict) -> list[dict]:
@@ -270,6 +294,21 @@ def run_bench(args, cfg: TrainConfig) -> int:
               "reference", flush=True)
     extra = {"precision": decision.record(),
              "roofline": {"reference": ref, "rows": lines}}
+    if args.profile_steps:  # where each model's step spends its time, in the picked precision
+        nets = {"seed": seed_model, **models}
+        profiles = {k: measure.profile_step(measure.training_step(
+            copy.deepcopy(m).to(memory_format=layout if k != "seed" else
+                                torch.contiguous_format), _forever(loader), device, dtype=amp),
+            args.profile_steps, device) for k, m in nets.items()}
+        conv_flop = {k: flop_per_image(m, convolutions=True) for k, m in nets.items()}
+        extra["profile"] = {"steps": args.profile_steps,
+                            "rows": profile_rows(rows, profiles, conv_flop, reference)}
+        for r in extra["profile"]["rows"]:
+            top = sorted(r["kinds"].items(), key=lambda kv: -kv[1])
+            print(f"  profile {r['model']}, {r['precision']}: " + ", ".join(
+                f"{k} {100 * v:.0f}%" for k, v in top) + f"; convolutions alone "
+                f"{r['conv_gflops']:.0f} GFLOP/s, {100 * r['conv_fraction_of_reference']:.0f}%"
+                " of the reference", flush=True)
     test = tx[:args.iwae_images].to(device).float().div(255)
     for k in args.ks:
         rates = time_iwae(models["conv"], test, k, max(1, repeats // 2), device, chunk=None)

@@ -426,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ks", type=number_list(int, 1, 100_000), default=[100, 1000],
                    help="IWAE k values, comma-separated")
     p.add_argument("--compile", action="store_true", help="also time torch.compile")
+    p.add_argument("--profile-steps", type=number(int, 0, 10_000), default=3,
+                   help="training steps per model profiled (where the time goes; 0: none)")
     p.add_argument("--loading-only", action="store_true",
                    help="time the input pipelines alone (no model), one epoch per repeat")
     p.add_argument("--json", type=output_file, default=Path("bench.json"),

@@ -143,6 +143,52 @@ def training_step(model: nn.Module, batches: Iterator, device: torch.device,
     return step
 
 
+# What each operator of a training step does, by its name in the profiler (first match wins):
+# the convolutions (forward and backward), matrix products, normalisation, the optimizer and
+# gradient clipping, copies and casts (bf16 autocast's included); the rest is elementwise work
+# and reductions (activations, the likelihood, the KL, the loss).
+OP_KINDS = (("convolutions", ("conv",)),
+            ("matrix products", ("addmm", "aten::mm", "bmm", "matmul", "linear")),
+            ("normalisation", ("batch_norm", "group_norm", "layer_norm")),
+            ("optimizer and clipping", ("optimizer", "adam", "_foreach", "clip_grad")),
+            ("copies and casts", ("copy", "_to_copy", "aten::to", "clone", "contiguous", "cat",
+                                  "stack", "empty", "zero", "fill", "pad")))
+OTHER_KIND = "elementwise and reductions"
+
+
+def op_kind(name: str) -> str:
+    """The kind (OP_KINDS) of an operator or profiler range, by its name."""
+    low = name.lower()
+    return next((kind for kind, marks in OP_KINDS if any(m in low for m in marks)), OTHER_KIND)
+
+
+def profile_step(step: Callable[[], int], calls: int, device: torch.device) -> dict:
+    """Where the time of `calls` calls of a training step goes (after one warm-up call), by
+    torch.profiler: {"seconds_per_call": wall clock per call under the profiler,
+    "kinds": {kind: fraction of the operators' self time}} (the device's time on CUDA)."""
+    import os
+
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # no "gpuGetDeviceCount failed" on a CPU
+    step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda"
+                                           else [])
+    _sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            step()
+        _sync(device)
+    seconds = (time.perf_counter() - t0) / calls
+    kinds = dict.fromkeys([k for k, _ in OP_KINDS] + [OTHER_KIND], 0.0)
+    for e in prof.key_averages():
+        kinds[op_kind(e.key)] += (e.self_device_time_total if device.type == "cuda"
+                                  else e.self_cpu_time_total)
+    total = sum(kinds.values()) or 1.0
+    return {"seconds_per_call": seconds, "kinds": {k: v / total for k, v in kinds.items()}}
+
+
 def optimizer_step(model: nn.Module, **adamw) -> Callable[[], int]:
     """AdamW's update alone, one per call (returns 1), on fixed random gradients of the model's
     parameters (on their device); `adamw` passes foreach= or fused=. The model is changed."""

@@ -288,6 +288,15 @@ HVAE_TRIED = [
     ("hvae-try-batch16-seed1", "hvae-try-batch16", "the same recipe as batch 16 with another seed "
      "(weights, data order and sampling noise; the same validation images): a replicate, to see "
      "how far one run of this recipe is from another, and whether it stays stable"),
+    ("hvae-try-groups244", "hvae-try-batch16", "groups 2, 4, 4 instead of 1, 2, 2: twice the "
+     "latent groups at each resolution, and with them twice the top-down cells (depth) and the "
+     "latent variables (the `gpu` preset's group counts; its other settings not): diverged in "
+     "epoch 18, three epochs after the KL warm-up (156 updates skipped, validation KL 1.5e10 "
+     "nats), and every update of epoch 19 was skipped, so the trainer stopped there; 1.7 times "
+     "the time per epoch (median of epochs 1 to 17)"),
+    ("hvae-try-b32-groups244", "hvae-try-batch32", "groups 2, 4, 4 instead of 1, 2, 2 at batch "
+     "32 (as the row above), where they were tried again after diverging at batch 16: no update "
+     "skipped, 2.0 times the time per epoch (median), so half the updates in the 30 minutes"),
 ]
 
 
@@ -430,6 +439,20 @@ def bench_table(path: Path) -> str:
             lines.append(f"| {r['model']} | {r['precision']}{picked} "
                          f"| {r['mflop_per_image']:,.0f} | {_n(r['images_per_second'])} "
                          f"| {r['gflops']:,.0f} | {100 * r['fraction_of_reference']:.0f}% |")
+    if b.get("profile", {}).get("rows"):
+        kinds = list(b["profile"]["rows"][0]["kinds"])
+        lines += ["", "Where each step's time goes, in the picked precision: the share of the "
+                  "operators' own time (torch.profiler, "
+                  f"{b['profile']['steps']} steps per model) by kind of operator, and the "
+                  "convolutions alone: their FLOP per image, at the row's training rate, in "
+                  "their share of the step, against the reference convolution:", "",
+                  "| model | " + " | ".join(kinds) + " | convolutions alone: MFLOP per image "
+                  "| GFLOP/s | of the reference |", "|---|" + "---|" * (len(kinds) + 3)]
+        for r in b["profile"]["rows"]:
+            lines.append(f"| {r['model']} | " + " | ".join(
+                f"{100 * r['kinds'][k]:.0f}%" for k in kinds)
+                + f" | {r['conv_mflop_per_image']:,.0f} | {r['conv_gflops']:,.0f} "
+                f"| {100 * r['conv_fraction_of_reference']:.0f}% |")
     evals = [r for r in b["rows"] if r["unit"] == "eval img/s"]
     if evals:
         lines += ["", "| evaluation (fp32 log-weights) | images/s | 1,017 exact test images |",
