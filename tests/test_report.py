@@ -338,7 +338,7 @@ def test_the_chosen_hierarchical_run_is_the_best_on_validation_and_is_the_cpu_pr
 
 @pytest.mark.parametrize("folder, epoch, skipped, kl", [
     ("hvae-try-b16-warm5", 9, 52, "3.7e10"), ("hvae-try-batch8", 4, 309, "5.9e7"),
-    ("hvae-try-groups244", 18, 156, "1.5e10")])
+    ("hvae-try-groups244", 18, 156, "1.5e10"), ("hvae-try-width48", 18, 159, "1.74e8")])
 def test_the_other_diverged_trials_are_described_by_their_histories(folder, epoch, skipped, kl):
     """results/hvae-tried.md: each diverged trial's row gives the epoch, the skipped updates and
     the validation KL of its last recorded epoch; the history before it skipped none."""

@@ -383,8 +383,9 @@ KIND_PRESETS: dict[tuple[str, str], dict] = {
     # CPU's 15 epochs of 4,585 at batch 16 (4,300), where 5 epochs diverged; its gradient skip
     # is looser (1e7 against 3e6). Its size is not derived from the CPU trials: its group counts
     # (2, 4, 4, with their top-down cells) diverged at batch 16 and lost at batch 32 in 30 CPU
-    # minutes, with half the updates; its width, cells per resolution, latent channels and
-    # mixture were not tried; what pays at a GPU's budget is not measured.
+    # minutes, with half the updates; a narrower width (48) diverged at batch 16 as well; its
+    # own width, cells per resolution, latent channels and mixture were not tried; what pays at
+    # a GPU's budget is not measured.
     ("hvae", "gpu"): dict(model=dict(width=128, res_blocks=2, groups=(2, 4, 4),
                                      zdims=(32, 16, 16), mixtures=5),
                           epochs=400, batch_size=128, lr=1e-3, kl_warmup_epochs=10.0,

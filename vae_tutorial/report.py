@@ -297,6 +297,10 @@ HVAE_TRIED = [
     ("hvae-try-b32-groups244", "hvae-try-batch32", "groups 2, 4, 4 instead of 1, 2, 2 at batch "
      "32 (as the row above), where they were tried again after diverging at batch 16: no update "
      "skipped, 2.0 times the time per epoch (median), so half the updates in the 30 minutes"),
+    ("hvae-try-width48", "hvae-try-batch16", "width 48 instead of 64 (channels at 16x16, twice "
+     "that below): diverged in epoch 18, three epochs after the KL warm-up (159 updates skipped, "
+     "validation KL 1.74e8 nats), and every update of epoch 19 was skipped, so the trainer "
+     "stopped there"),
 ]
 
 
