@@ -83,6 +83,15 @@ def test_the_evaluation_keeps_k_and_images_while_they_fit():
     assert k == 1 and 1 <= n < 1017 and n / 100.0 * 2 / 101 <= 0.1 * gpu_check.SAFETY
 
 
+def test_a_run_stopped_inside_the_kl_warm_up_says_so():
+    run = {"epochs": 3, "beta": 1.0}
+    assert gpu_check.warmup_note({**run, "final_kl_weight": 1.0}) is None
+    assert gpu_check.warmup_note({**run, "final_kl_weight": None}) is None  # no epoch
+    note = gpu_check.warmup_note({**run, "final_kl_weight": 0.3})
+    assert "KL weight 0.30 of 1" in note and "after 3 epochs" in note
+    assert gpu_check.warmup_note({**run, "beta": 0.5, "final_kl_weight": 0.5}) is None
+
+
 @pytest.mark.parametrize("name,folder", [
     ("NVIDIA H100 80GB HBM3", "nvidia-h100-80gb-hbm3"),
     ("NVIDIA GeForce RTX 4090", "nvidia-geforce-rtx-4090"),
@@ -240,6 +249,10 @@ def check_dry_run(results: Path, minutes: float, stdout: str, returncode: int) -
             assert run["folder"] == f"{kind}-fast" and run["preset"] == "fast"
             assert run["parameters"] > 0 and run["epochs"] == len(history)
             assert run["training_data"].startswith("cifar10-subset: 512 images")
+            assert run["final_kl_weight"] == history[-1]["kl_weight"] and run["beta"] == 1.0
+            (phase,) = [p for p in manifest["phases"] if p["name"] == f"train {kind}"]
+            inside = run["final_kl_weight"] < 1.0  # the clock ended it inside the KL warm-up
+            assert ("KL warm-up" in (phase["note"] or "")) == inside
         if f"evaluate {kind}" in done:
             ev = json.loads((folder / f"{kind}-fast" / "eval.json").read_text())
             assert ev["data"] == "cifar10-subset" and ev["split"] == "test"

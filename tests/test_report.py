@@ -393,3 +393,104 @@ def test_the_groups_trial_at_batch_32_was_stable_slower_and_worse():
     assert gain < -10 * se  # worse at the end, far beyond the images' noise
     readme = " ".join((REPO / "README.md").read_text().split())
     assert f"ended {-gain:.2f} bits/dim worse in the 30 minutes" in readme
+
+
+def test_batch_32_diverged_on_a_15_minute_clock_with_a_lower_learning_rate():
+    """results/hvae-tried.md, the 15-minute run at batch 32: the recipe that trained for 30
+    minutes without a skipped update diverged on the shorter clock, during the KL warm-up,
+    although its learning rate was never above the 30-minute run's at the same epoch."""
+    from vae_tutorial.report import HVAE_TRIED
+
+    change = {f: c for f, _, c in HVAE_TRIED}["hvae-try-b32-15min"]
+    short, long = (json.loads((REPO / "results" / f / "history.json").read_text())
+                   for f in ("hvae-try-b32-15min", "hvae-try-batch32"))
+    last = short[-1]
+    assert (last["epoch"], last["skipped"]) == (11, 84) and last["kl_weight"] < 1
+    assert abs(last["valid_kl"] / 2.83e5 - 1) < 0.01
+    assert "diverged in epoch 11, during the KL warm-up (84 updates skipped, validation KL " \
+           "2.83e5 nats)" in change
+    assert all(a["lr"] <= b["lr"] for a, b in zip(short, long))  # the shorter clock's cosine
+    assert sum(h["skipped"] for h in long) == 0 and all(h["skipped"] == 0 for h in short[:-1])
+    assert last["valid_bpd"] > 20 * min(h["valid_bpd"] for h in short)
+
+
+def test_the_gpu_preset_of_the_hierarchical_vae_is_derived_from_the_search():
+    """config.KIND_PRESETS[("hvae", "gpu")]: the architecture chosen on validation, and the
+    recipe of the search's largest batch (hvae-cpu-valid, nothing skipped), whose batch is above
+    that of every run that diverged at lr 1e-3; twice the groups lost at both budgets tried, the
+    gap no smaller at 30 minutes than at 15."""
+    from vae_tutorial.checkpoint import load_model
+    from vae_tutorial.config import preset
+    from vae_tutorial.report import HVAE_TRIED, VALID_EVAL, paired_gain
+
+    gpu = preset("gpu", kind="hvae").to_dict()
+    _, chosen = load_model(REPO / "results" / HVAE_CHOSEN / "model-fp16.pt")
+    _, base = load_model(REPO / "results" / "hvae-cpu-valid" / "model-fp16.pt")
+    assert gpu["model"] == chosen["config"]["model"] == base["config"]["model"]
+    recipe = ("batch_size", "lr", "lr_warmup_steps", "lr_final", "weight_decay", "grad_clip",
+              "grad_skip", "kl_warmup_epochs", "free_bits", "beta", "hflip", "valid_size",
+              "valid_seed", "seed", "amp")
+    assert {k: gpu[k] for k in recipe} == {k: base["config"][k] for k in recipe}
+
+    def history(f):
+        return json.loads((REPO / "results" / f / "history.json").read_text())
+
+    def per_epoch(h):  # updates per full epoch: 4,585 images, so the batch
+        return h[1]["step"] - h[0]["step"]
+
+    assert sum(r["skipped"] for r in history("hvae-cpu-valid")) == 0
+    lr_1e3 = [f for f, _, _ in HVAE_TRIED if f not in ("hvae-try-lr2e-3", "hvae-try-b16-lr5e-4")]
+    diverged = [f for f in lr_1e3 if history(f)[-1]["skipped"] > 10]
+    assert len(diverged) == 5
+    assert all(per_epoch(history(f)) >= 2 * per_epoch(history("hvae-cpu-valid")) for f in diverged)
+
+    gaps = [paired_gain(REPO / "results" / a / VALID_EVAL, REPO / "results" / b / VALID_EVAL)
+            for a, b in (("hvae-try-b32-groups244-15min", "hvae-try-b32-15min-seed1"),
+                         ("hvae-try-b32-groups244", "hvae-try-batch32"))]
+    assert all(g < -20 * se for g, se in gaps) and gaps[1][0] < gaps[0][0]
+
+
+def test_the_15_minute_pair_is_described_by_its_histories():
+    """results/hvae-tried.md, the 15-minute runs at batch 32: the base (seed 1) and twice the
+    groups, each as fast and as long as its row says, neither skipping an update."""
+    import statistics
+
+    from vae_tutorial.report import HVAE_TRIED
+
+    change = {f: c for f, _, c in HVAE_TRIED}
+    base, groups, long = (json.loads((REPO / "results" / f / "history.json").read_text())
+                          for f in ("hvae-try-b32-15min-seed1", "hvae-try-b32-groups244-15min",
+                                    "hvae-try-batch32"))
+
+    def full(h):
+        return [r for r in h if not r.get("partial")]
+
+    def speed(h):
+        return round(statistics.median(r["images_per_second"] for r in full(h)))
+
+    assert sum(r["skipped"] for r in base + groups) == 0
+    assert (speed(base), speed(long)) == (173, 225)
+    assert f"{speed(base)} images/s against {speed(long)}" in change["hvae-try-b32-15min-seed1"]
+    assert round(base[-1]["step"] / long[-1]["step"], 2) == 0.39
+    assert "0.39 times that run's updates" in change["hvae-try-b32-15min-seed1"]
+    ratio = (statistics.median(r["seconds"] for r in full(groups))
+             / statistics.median(r["seconds"] for r in base[:len(full(groups))]))
+    assert round(ratio, 1) == 1.5 and round(groups[-1]["step"] / base[-1]["step"], 2) == 0.63
+    assert "1.5 times the time per epoch (median), 0.63 times the updates" in \
+        change["hvae-try-b32-groups244-15min"]
+    assert all(29.9 < sum(r["seconds"] for r in h) / 60 * 2 < 30.2 for h in (base, groups))
+
+
+def test_half_the_learning_rate_trained_through_and_ended_worse():
+    """results/hvae-tried.md, lr 5e-4 at batch 16: nothing skipped, past epoch 18 to the clock,
+    and worse than the chosen lr 1e-3 at the end of the same 30 minutes (paired, many s.e.)."""
+    from vae_tutorial.report import HVAE_TRIED, VALID_EVAL, paired_gain
+
+    change = {f: c for f, _, c in HVAE_TRIED}["hvae-try-b16-lr5e-4"]
+    history = json.loads((REPO / "results" / "hvae-try-b16-lr5e-4" / "history.json").read_text())
+    assert sum(r["skipped"] for r in history) == 0 and "no update skipped" in change
+    assert history[-1]["partial"] and history[-1]["epoch"] > 18  # stopped by the clock
+    assert 29.9 < sum(r["seconds"] for r in history) / 60 < 30.2
+    gain, se = paired_gain(REPO / "results" / "hvae-try-b16-lr5e-4" / VALID_EVAL,
+                           REPO / "results" / HVAE_CHOSEN / VALID_EVAL)
+    assert -0.23 < gain < -0.19 and gain < -20 * se

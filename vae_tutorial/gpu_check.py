@@ -283,8 +283,23 @@ def train_run(kind: str, mode: Mode, roots: dict, device, seconds: float, scratc
                "epochs": run.pos.epoch, "steps": run.pos.step,
                "training_seconds": round(run.pos.seconds, 2),
                "wall_seconds": round(time.perf_counter() - start, 2),
-               "time_limit_minutes": round(run.cfg.time_limit, 4)}
+               "time_limit_minutes": round(run.cfg.time_limit, 4),
+               # the KL weight of the last step: below beta, the clock stopped the run inside
+               # its KL warm-up (counted in epochs), and its bound is that of a model not yet
+               # trained on the ELBO it is scored with
+               "final_kl_weight": run.history[-1]["kl_weight"] if run.history else None,
+               "beta": cfg.beta}
     return run, summary
+
+
+def warmup_note(summary: dict) -> str | None:
+    """What the training phase's record says when the clock ended it inside the KL warm-up."""
+    w, beta = summary.get("final_kl_weight"), summary.get("beta", 1.0)
+    if w is None or w >= beta - 1e-9:
+        return None
+    return (f"stopped inside the KL warm-up (KL weight {w:.2f} of {beta:g}, after "
+            f"{summary['epochs']} epochs): more minutes, or a shorter kl_warmup_epochs, "
+            "give a model trained on the ELBO it is scored with")
 
 
 def _until(batches, end: float):
@@ -462,7 +477,7 @@ def _run_phase(name, mode, roots, device, seconds, scratch, out, test_x, models,
             write_json(out / folder / "history.json", run.history)
             models[kind] = run.model
             manifest["runs"].append(summary)
-            return "done", [f"{folder}/history.json"], None
+            return "done", [f"{folder}/history.json"], warmup_note(summary)
         if kind not in models:
             return "skipped", [], "its training did not finish"
         result = evaluate_run(models.pop(kind), test_x, roots["test"], device, seconds)

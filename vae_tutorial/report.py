@@ -290,10 +290,10 @@ HVAE_TRIED = [
      "how far one run of this recipe is from another, and whether it stays stable"),
     ("hvae-try-groups244", "hvae-try-batch16", "groups 2, 4, 4 instead of 1, 2, 2: twice the "
      "latent groups at each resolution, and with them twice the top-down cells (depth) and the "
-     "latent variables (the `gpu` preset's group counts; its other settings not): diverged in "
-     "epoch 18, three epochs after the KL warm-up (156 updates skipped, validation KL 1.5e10 "
-     "nats), and every update of epoch 19 was skipped, so the trainer stopped there; 1.7 times "
-     "the time per epoch (median of epochs 1 to 17)"),
+     "latent variables (the group counts the `gpu` preset had then; not its other settings): "
+     "diverged in epoch 18, three epochs after the KL warm-up (156 updates skipped, validation "
+     "KL 1.5e10 nats), and every update of epoch 19 was skipped, so the trainer stopped there; "
+     "1.7 times the time per epoch (median of epochs 1 to 17)"),
     ("hvae-try-b32-groups244", "hvae-try-batch32", "groups 2, 4, 4 instead of 1, 2, 2 at batch "
      "32 (as the row above), where they were tried again after diverging at batch 16: no update "
      "skipped, 2.0 times the time per epoch (median), so half the updates in the 30 minutes"),
@@ -301,6 +301,24 @@ HVAE_TRIED = [
      "that below): diverged in epoch 18, three epochs after the KL warm-up (159 updates skipped, "
      "validation KL 1.74e8 nats), and every update of epoch 19 was skipped, so the trainer "
      "stopped there"),
+    ("hvae-try-b32-15min", "hvae-try-batch32", "a time limit of 15 minutes instead of 30 (the "
+     "cosine of the learning rate follows the shorter clock, so the rate was at or below the "
+     "30-minute run's at every epoch; batch 32, peak lr 1e-3, KL warm-up 15 epochs as before), "
+     "the smaller budget of a pair for the groups' gap: diverged in epoch 11, during the KL "
+     "warm-up (84 updates skipped, validation KL 2.83e5 nats), and every update of epoch 12 "
+     "was skipped, so the trainer stopped there"),
+    ("hvae-try-b32-15min-seed1", "hvae-try-b32-15min", "the 15-minute run at batch 32 again with "
+     "another seed (weights, data order and sampling noise), to have the base the first could "
+     "not be: no update skipped; this CPU ran it at 173 images/s against 225 in the 30-minute "
+     "run (medians of full epochs; another day), so 15 minutes bought 0.39 times that run's "
+     "updates"),
+    ("hvae-try-b32-groups244-15min", "hvae-try-b32-15min-seed1", "groups 2, 4, 4 instead of 1, "
+     "2, 2 on the 15-minute clock at batch 32, and seed 0 against the base's seed 1 (two "
+     "changes): no update skipped, 1.5 times the time per epoch (median), 0.63 times the "
+     "updates; with `hvae-try-b32-groups244`, how the groups' gap moves as the budget doubles"),
+    ("hvae-try-b16-lr5e-4", "hvae-try-batch16", "peak learning rate 5e-4 instead of 1e-3 at "
+     "batch 16: no update skipped (the chosen run skipped 9), through epoch 18, where twice the "
+     "groups and width 48 diverged at 1e-3, to the end of the 30 minutes"),
 ]
 
 
@@ -320,7 +338,7 @@ def paired_gain(run: Path, base: Path) -> tuple[float, float]:
 
 
 # Trials that repeat another trial's recipe with another seed: run-to-run variation, not a choice
-HVAE_REPLICATES = ("hvae-try-batch16-seed1",)
+HVAE_REPLICATES = ("hvae-try-batch16-seed1", "hvae-try-b32-15min-seed1")
 
 
 def _best(history: list[dict], folder: str) -> tuple:
