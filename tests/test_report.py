@@ -494,3 +494,24 @@ def test_half_the_learning_rate_trained_through_and_ended_worse():
     gain, se = paired_gain(REPO / "results" / "hvae-try-b16-lr5e-4" / VALID_EVAL,
                            REPO / "results" / HVAE_CHOSEN / VALID_EVAL)
     assert -0.23 < gain < -0.19 and gain < -20 * se
+
+
+def test_a_wider_model_on_the_15_minute_clock_was_stable_slower_and_worse():
+    """results/hvae-tried.md, width 96 at batch 32, 15 minutes, seed 1 as its base: nothing
+    skipped, 1.6 times the time per epoch, 0.61 times the updates, worse at the end (paired)."""
+    import statistics
+
+    from vae_tutorial.report import HVAE_TRIED, VALID_EVAL, paired_gain
+
+    change = {f: c for f, _, c in HVAE_TRIED}["hvae-try-b32-15min-width96"]
+    wide, base = (json.loads((REPO / "results" / f / "history.json").read_text())
+                  for f in ("hvae-try-b32-15min-width96", "hvae-try-b32-15min-seed1"))
+    full = [r for r in wide if not r.get("partial")]
+    ratio = (statistics.median(r["seconds"] for r in full)
+             / statistics.median(r["seconds"] for r in base[:len(full)]))
+    assert sum(r["skipped"] for r in wide) == 0 and "no update skipped" in change
+    assert round(ratio, 1) == 1.6 and round(wide[-1]["step"] / base[-1]["step"], 2) == 0.61
+    assert "1.6 times the time per epoch (median), 0.61 times the updates" in change
+    gain, se = paired_gain(REPO / "results" / "hvae-try-b32-15min-width96" / VALID_EVAL,
+                           REPO / "results" / "hvae-try-b32-15min-seed1" / VALID_EVAL)
+    assert -0.1 < gain < -0.07 and gain < -20 * se

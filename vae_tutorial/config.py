@@ -377,18 +377,23 @@ KIND_PRESETS: dict[tuple[str, str], dict] = {
     # 64), or a KL warm-up of 5 epochs diverged at lr 1e-3.
     ("hvae", "cpu"): dict(epochs=1000, time_limit=30.0, batch_size=16, lr=1e-3,
                           kl_warmup_epochs=15.0, grad_skip=3e6, hflip=True),
-    # One GPU: derived from the CPU search (results/hvae-tried.md, notebook 8, section 7). The
-    # architecture is the one chosen on validation (ModelConfig's defaults: groups 1, 2, 2, width
-    # 64): twice the groups lost at both budgets tried at batch 32 (0.13 bits/dim behind at 15
-    # CPU minutes, 0.18 at 30, paired; the pairs differ in seed and speed ratio too), so nothing
-    # measured says they catch up with more time; the one other width tried (48) diverged. The
-    # schedule is that of the search's largest batch, 64 at a peak lr of 1e-3 with a KL warm-up
-    # of 15 epochs and a gradient skip at 3e6 (`hvae-cpu-valid`: nothing skipped in 95 epochs):
-    # every run that diverged at lr 1e-3 had batch 32 or less (on a GPU a larger batch should
-    # cost little more time per update; not measured). On the exact training images
-    # (gpu-check's default) it is that run's recipe to the letter, only the clock differs; on the
-    # official 50,000 images its 15 epochs of KL warm-up are ~11,600 updates. What pays at a
-    # GPU's budget (a wider or deeper model, a larger batch) is not measured here.
+    # One GPU: what the CPU search (results/hvae-tried.md; notebook 8, section 7) supports, and
+    # no more. The architecture the search ran with and chose (ModelConfig's defaults: groups 1,
+    # 2, 2, width 64), not a larger one: twice the groups lost at both budgets tried at batch 32
+    # (0.13 bits/dim behind at 15 CPU minutes, 0.18 at 30, paired), but at equal CPU time with
+    # fewer updates, which a GPU's speed may change: a reason not to presume a larger model, not
+    # evidence that it loses on a GPU; width 96 lost the same way (0.08 behind at 15 minutes,
+    # 0.61 times the updates). The chosen recipe's learning rate, KL warm-up and gradient skip
+    # (1e-3, 15 epochs, 3e6: a rate of 2e-3 and a 5-epoch warm-up diverged, 5e-4 was slower,
+    # each in one run). Batch 64, the largest the
+    # search trained (`hvae-cpu-valid`: nothing skipped in 95 epochs), for the hardware (a GPU
+    # is busy only with larger batches), not as shown safer: at 1e-3 the unchanged recipe
+    # diverged in 1 of 1 runs at batch 8, 0 of 2 at 16, 1 of 3 at 32, 0 of 1 at 64, and this
+    # 400-epoch cosine keeps the rate near its peak far longer than any of them. On the exact
+    # images (gpu-check's default) it is `hvae-cpu-valid`'s recipe on another device, precision,
+    # clock and epoch cap. On the official images (49,500 after the validation split) its 15
+    # epochs of KL warm-up are ~11,600 updates (~12,700 with gpu-check's --train-data, which
+    # mixes the exact images in).
     ("hvae", "gpu"): dict(model=dict(width=64, latent_dim=128, res_blocks=1, groups=(1, 2, 2),
                                      zdims=(32, 16, 8), mixtures=3),
                           epochs=400, batch_size=64, lr=1e-3, lr_warmup_steps=200,

@@ -319,6 +319,9 @@ HVAE_TRIED = [
     ("hvae-try-b16-lr5e-4", "hvae-try-batch16", "peak learning rate 5e-4 instead of 1e-3 at "
      "batch 16: no update skipped (the chosen run skipped 9), through epoch 18, where twice the "
      "groups and width 48 diverged at 1e-3, to the end of the 30 minutes"),
+    ("hvae-try-b32-15min-width96", "hvae-try-b32-15min-seed1", "width 96 instead of 64 on the "
+     "15-minute clock at batch 32, seed 1 as the base: no update skipped, 1.6 times the time per "
+     "epoch (median), 0.61 times the updates"),
 ]
 
 
