@@ -379,21 +379,20 @@ KIND_PRESETS: dict[tuple[str, str], dict] = {
                           kl_warmup_epochs=15.0, grad_skip=3e6, hflip=True),
     # One GPU: what the CPU search (results/hvae-tried.md; notebook 8, section 7) supports, and
     # no more. The architecture the search ran with and chose (ModelConfig's defaults: groups 1,
-    # 2, 2, width 64), not a larger one: twice the groups lost at both budgets tried at batch 32
-    # (0.13 bits/dim behind at 15 CPU minutes, 0.18 at 30, paired), but at equal CPU time with
-    # fewer updates, which a GPU's speed may change: a reason not to presume a larger model, not
-    # evidence that it loses on a GPU; width 96 lost the same way (0.08 behind at 15 minutes,
-    # 0.61 times the updates). The chosen recipe's learning rate, KL warm-up and gradient skip
-    # (1e-3, 15 epochs, 3e6: a rate of 2e-3 and a 5-epoch warm-up diverged, 5e-4 was slower,
-    # each in one run). Batch 64, the largest the
-    # search trained (`hvae-cpu-valid`: nothing skipped in 95 epochs), for the hardware (a GPU
-    # is busy only with larger batches), not as shown safer: at 1e-3 the unchanged recipe
-    # diverged in 1 of 1 runs at batch 8, 0 of 2 at 16, 1 of 3 at 32, 0 of 1 at 64, and this
-    # 400-epoch cosine keeps the rate near its peak far longer than any of them. On the exact
-    # images (gpu-check's default) it is `hvae-cpu-valid`'s recipe on another device, precision,
-    # clock and epoch cap. On the official images (49,500 after the validation split) its 15
-    # epochs of KL warm-up are ~11,600 updates (~12,700 with gpu-check's --train-data, which
-    # mixes the exact images in).
+    # 2, 2, width 64), not a larger one: twice the groups ended behind at batch 32 at both
+    # budgets tried (0.13 bits/dim at 15 CPU minutes, 0.18 at 30, paired) and width 96 at 15
+    # (0.08), each with fewer updates at equal CPU time, which a GPU's speed may change: a
+    # reason not to presume a larger model, not evidence that one loses on a GPU. The learning
+    # rate, KL warm-up and gradient skip are the chosen recipe's (1e-3, 15 epochs, 3e6; in one
+    # run each, 2e-3 and a 5-epoch warm-up diverged, and 5e-4 was slower). The batch, 64, is
+    # the largest the search trained (`hvae-cpu-valid`: nothing skipped in 95 epochs), a guess
+    # for the hardware (on a GPU a larger batch usually costs little more time per update; not
+    # measured here); it is not shown to be safer: at 1e-3 the unchanged recipe diverged in 1 of
+    # 1 runs at batch 8, 0 of 2 at 16, 1 of 3 at 32 (on a 15-minute clock), 0 of 1 at 64. On the
+    # exact images (gpu-check's default) it is `hvae-cpu-valid`'s recipe on another device,
+    # precision, clock and epoch cap. On the official images (49,500 after the validation split)
+    # its 15 epochs of KL warm-up are ~11,600 updates (~12,700 with gpu-check's --train-data,
+    # which mixes the exact images in).
     ("hvae", "gpu"): dict(model=dict(width=64, latent_dim=128, res_blocks=1, groups=(1, 2, 2),
                                      zdims=(32, 16, 8), mixtures=3),
                           epochs=400, batch_size=64, lr=1e-3, lr_warmup_steps=200,
