@@ -371,25 +371,35 @@ def test_the_groups_trial_took_longer_per_epoch_until_it_diverged():
     assert round(ratio, 1) == 1.7 and "1.7 times the time per epoch" in change
 
 
-def test_the_groups_trial_at_batch_32_was_stable_slower_and_worse():
-    """results/hvae-tried.md, groups 2, 4, 4 at batch 32: nothing skipped, 2.0 times the time per
-    epoch, half the updates of batch 32 with groups 1, 2, 2, and worse than it at the end of the
-    30 minutes (paired, many s.e.)."""
+def _against(folder: str, base: str):
+    """A trial against its base, from results/: (its row's change, the median time of its full
+    epochs over the base's median for as many epochs, its updates per update of the base, its
+    skipped updates, and its paired validation gain and s.e.)."""
     import statistics
 
     from vae_tutorial.report import HVAE_TRIED, VALID_EVAL, paired_gain
 
-    change = {f: c for f, _, c in HVAE_TRIED}["hvae-try-b32-groups244"]
-    groups, base = (json.loads((REPO / "results" / f / "history.json").read_text())
-                    for f in ("hvae-try-b32-groups244", "hvae-try-batch32"))
-    full = [h for h in groups if not h.get("partial")]
-    ratio = (statistics.median(h["seconds"] for h in full)
-             / statistics.median(h["seconds"] for h in base[:len(full)]))
-    assert sum(h["skipped"] for h in groups) == 0 and "no update skipped" in change
+    run, ref = (json.loads((REPO / "results" / f / "history.json").read_text())
+                for f in (folder, base))
+    full = [r for r in run if not r.get("partial")]
+    ratio = (statistics.median(r["seconds"] for r in full)
+             / statistics.median(r["seconds"] for r in ref[:len(full)]))
+    gain, se = paired_gain(REPO / "results" / folder / VALID_EVAL,
+                           REPO / "results" / base / VALID_EVAL)
+    change = {f: c for f, _, c in HVAE_TRIED}[folder]
+    return change, ratio, run[-1]["step"] / ref[-1]["step"], sum(r["skipped"] for r in run), \
+        gain, se
+
+
+def test_the_groups_trial_at_batch_32_was_stable_slower_and_worse():
+    """results/hvae-tried.md, groups 2, 4, 4 at batch 32: nothing skipped, 2.0 times the time per
+    epoch, half the updates of batch 32 with groups 1, 2, 2, and worse than it at the end of the
+    30 minutes (paired, many s.e.)."""
+    change, ratio, updates, skipped, gain, se = _against("hvae-try-b32-groups244",
+                                                         "hvae-try-batch32")
+    assert skipped == 0 and "no update skipped" in change
     assert round(ratio, 1) == 2.0 and "2.0 times the time per epoch" in change
-    assert 0.45 < groups[-1]["step"] / base[-1]["step"] < 0.55  # half the updates
-    gain, se = paired_gain(REPO / "results" / "hvae-try-b32-groups244" / VALID_EVAL,
-                           REPO / "results" / "hvae-try-batch32" / VALID_EVAL)
+    assert 0.45 < updates < 0.55  # half the updates
     assert gain < -10 * se  # worse at the end, far beyond the images' noise
     readme = " ".join((REPO / "README.md").read_text().split())
     assert f"ended {-gain:.2f} bits/dim worse in the 30 minutes" in readme
@@ -473,11 +483,10 @@ def test_the_15_minute_pair_is_described_by_its_histories():
     assert f"{speed(base)} images/s against {speed(long)}" in change["hvae-try-b32-15min-seed1"]
     assert round(base[-1]["step"] / long[-1]["step"], 2) == 0.39
     assert "0.39 times that run's updates" in change["hvae-try-b32-15min-seed1"]
-    ratio = (statistics.median(r["seconds"] for r in full(groups))
-             / statistics.median(r["seconds"] for r in base[:len(full(groups))]))
-    assert round(ratio, 1) == 1.5 and round(groups[-1]["step"] / base[-1]["step"], 2) == 0.63
-    assert "1.5 times the time per epoch (median), 0.63 times the updates" in \
-        change["hvae-try-b32-groups244-15min"]
+    row, ratio, updates, _, _, _ = _against("hvae-try-b32-groups244-15min",
+                                            "hvae-try-b32-15min-seed1")
+    assert round(ratio, 1) == 1.5 and round(updates, 2) == 0.63
+    assert "1.5 times the time per epoch (median), 0.63 times the updates" in row
     assert all(29.9 < sum(r["seconds"] for r in h) / 60 * 2 < 30.2 for h in (base, groups))
 
 
@@ -496,22 +505,12 @@ def test_half_the_learning_rate_trained_through_and_ended_worse():
     assert -0.23 < gain < -0.19 and gain < -20 * se
 
 
-def test_a_wider_model_on_the_15_minute_clock_was_stable_slower_and_worse():
+def test_a_wider_model_on_the_15_minute_clock_trained_through_slower_and_worse():
     """results/hvae-tried.md, width 96 at batch 32, 15 minutes, seed 1 as its base: nothing
     skipped, 1.6 times the time per epoch, 0.61 times the updates, worse at the end (paired)."""
-    import statistics
-
-    from vae_tutorial.report import HVAE_TRIED, VALID_EVAL, paired_gain
-
-    change = {f: c for f, _, c in HVAE_TRIED}["hvae-try-b32-15min-width96"]
-    wide, base = (json.loads((REPO / "results" / f / "history.json").read_text())
-                  for f in ("hvae-try-b32-15min-width96", "hvae-try-b32-15min-seed1"))
-    full = [r for r in wide if not r.get("partial")]
-    ratio = (statistics.median(r["seconds"] for r in full)
-             / statistics.median(r["seconds"] for r in base[:len(full)]))
-    assert sum(r["skipped"] for r in wide) == 0 and "no update skipped" in change
-    assert round(ratio, 1) == 1.6 and round(wide[-1]["step"] / base[-1]["step"], 2) == 0.61
+    change, ratio, updates, skipped, gain, se = _against("hvae-try-b32-15min-width96",
+                                                         "hvae-try-b32-15min-seed1")
+    assert skipped == 0 and "no update skipped" in change
+    assert round(ratio, 1) == 1.6 and round(updates, 2) == 0.61
     assert "1.6 times the time per epoch (median), 0.61 times the updates" in change
-    gain, se = paired_gain(REPO / "results" / "hvae-try-b32-15min-width96" / VALID_EVAL,
-                           REPO / "results" / "hvae-try-b32-15min-seed1" / VALID_EVAL)
     assert -0.1 < gain < -0.07 and gain < -20 * se
