@@ -43,11 +43,6 @@ from .model import build_model
 TRAIN_IMAGES = 50_000  # one epoch of the full training set
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def flop_per_image(model: torch.nn.Module, batch: int = 4, convolutions: bool = False) -> float:
     """FLOP of one training step per image, forward and backward, as torch.utils.flop_counter
     counts them (convolutions and matrix products; elementwise work and the optimizer are not
@@ -131,11 +126,11 @@ def time_iwae(model, x, k: int, repeats: int, device, chunk: int | None) -> list
     iwae_log_likelihood(model, x[:2], k, chunk=chunk)  # warm-up
     rates = []
     for _ in range(repeats):
-        _sync(device)
+        measure._sync(device)
         t0 = time.perf_counter()
         for start in range(0, len(x), 50):
             iwae_log_likelihood(model, x[start:start + 50], k, chunk=chunk)
-        _sync(device)
+        measure._sync(device)
         rates.append(len(x) / (time.perf_counter() - t0))
     return rates
 
@@ -225,12 +220,17 @@ def run_bench(args, cfg: TrainConfig) -> int:
     # two batches, during the other rows' turns, as it does during its own.)
     timed: list[tuple[str, Callable[[], int], dict]] = []  # (name, one step, row fields)
 
+    def step_of(net, batches, dtype, layout=torch.contiguous_format, **kwargs):
+        """One training step of a copy of `net` (same initial weights), its own optimizer."""
+        return measure.training_step(copy.deepcopy(net).to(memory_format=layout), batches,
+                                     device, dtype=dtype, **kwargs)
+
     def row(name, net, batches, dtype, layout=torch.contiguous_format, **extra):
         fields = {k: v for k, v in extra.items() if k not in ("fused", "compile_model")}
         adamw = {"fused": extra["fused"]} if "fused" in extra else {}
-        timed.append((name, measure.training_step(
-            copy.deepcopy(net).to(memory_format=layout), batches, device, dtype=dtype,
-            compile_model=extra.get("compile_model", False), **adamw), fields))
+        timed.append((name, step_of(net, batches, dtype, layout,
+                                    compile_model=extra.get("compile_model", False), **adamw),
+                      fields))
 
     torch.manual_seed(0)
     seed_model = build_model(kind="seed", likelihood="bernoulli")
@@ -296,9 +296,8 @@ def run_bench(args, cfg: TrainConfig) -> int:
              "roofline": {"reference": ref, "rows": lines}}
     if args.profile_steps:  # where each model's step spends its time, in the picked precision
         nets = {"seed": seed_model, **models}
-        profiles = {k: measure.profile_step(measure.training_step(
-            copy.deepcopy(m).to(memory_format=layout if k != "seed" else
-                                torch.contiguous_format), _forever(loader), device, dtype=amp),
+        profiles = {k: measure.profile_step(step_of(
+            m, _forever(loader), amp, torch.contiguous_format if k == "seed" else layout),
             args.profile_steps, device) for k, m in nets.items()}
         conv_flop = {k: flop_per_image(m, convolutions=True) for k, m in nets.items()}
         extra["profile"] = {"steps": args.profile_steps,

@@ -393,8 +393,7 @@ KIND_PRESETS: dict[tuple[str, str], dict] = {
     # precision, clock and epoch cap. On the official images (49,500 after the validation split)
     # its 15 epochs of KL warm-up are ~11,600 updates (~12,700 with gpu-check's --train-data,
     # which mixes the exact images in).
-    ("hvae", "gpu"): dict(model=dict(width=64, latent_dim=128, res_blocks=1, groups=(1, 2, 2),
-                                     zdims=(32, 16, 8), mixtures=3),
+    ("hvae", "gpu"): dict(model=ModelConfig().to_dict(),  # the defaults, as the cpu preset
                           epochs=400, batch_size=64, lr=1e-3, lr_warmup_steps=200,
                           kl_warmup_epochs=15.0, grad_skip=3e6, hflip=True),
 }
