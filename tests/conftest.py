@@ -11,6 +11,16 @@ REPO = Path(__file__).resolve().parent.parent
 SUBSET = Path(os.environ.get("VAE_TUTORIAL_TEST_DATA", REPO.parent / "shared/data/cifar10-subset"))
 
 
+def assert_check_passes(check, solution, capsys, start: str) -> None:
+    """An exercise check passes `solution`, prints a line starting with `start`, and leaves the
+    global random state as it found it."""
+    state = torch.random.get_rng_state()
+    result = check(solution)
+    assert result and result.status == "passed", result.message
+    assert capsys.readouterr().out.startswith(start)
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
 @pytest.fixture(scope="session")
 def subset_root() -> Path:
     """Root of the bit-exact subset: 5,085 train and 1,017 test images."""

@@ -298,3 +298,41 @@ def test_refine_posterior_trace_rises_to_the_refined_elbo():
     assert end > start + 1
     assert abs(sum(trace[:3]) / 3 - start) < 0.2 * (end - start)
     assert abs(sum(trace[-30:]) / 30 - end) < 0.05 * (end - start)
+
+
+def test_fit_diagonal_prior_matches_the_aggregate_moments():
+    """The fitted mean and variance are those of many draws of the aggregate posterior (the
+    law of total variance), and a standard-normal aggregate gives N(0, I)."""
+    g = torch.Generator().manual_seed(5)
+    means = torch.randn(40, 3, generator=g, dtype=D64) * torch.tensor([0.5, 2.0, 0.1], dtype=D64)
+    log_vars = torch.randn(40, 3, generator=g, dtype=D64) - 1
+    m, v = analysis.fit_diagonal_prior(means, log_vars)
+    z = analysis.sample_aggregate(means, log_vars, 400_000, g)
+    assert m.shape == v.shape == (3,)
+    assert torch.allclose(m, z.mean(0), atol=0.01)
+    assert torch.allclose(v, z.var(0), rtol=0.02)
+    m0, v0 = analysis.fit_diagonal_prior(torch.zeros(7, 4), torch.zeros(7, 4))
+    assert torch.equal(m0, torch.zeros(4, dtype=D64)) and torch.equal(v0, torch.ones(4, dtype=D64))
+
+
+def test_prior_vs_codes_sees_a_scale_mismatch_that_the_fitted_diagonal_prior_removes():
+    """Codes from a diagonal Gaussian of other spreads per dimension: N(0, I) is told from them
+    well above chance; the diagonal Gaussian fitted to their posteriors is at chance."""
+    g = torch.Generator().manual_seed(6)
+    n, d = 1000, 16
+    spread = torch.linspace(0.2, 3.0, d)
+    means = torch.randn(n, d, generator=g) * spread.sqrt() * 0.9  # Var mu + sigma^2 = spread
+    log_vars = (0.19 * spread).log().expand(n, d)
+    half = n // 2
+    train = analysis.sample_aggregate(means[:half], log_vars[:half], 2 * half, g)
+    test, images = analysis.sample_aggregate(means[half:], log_vars[half:], 2 * half, g,
+                                             return_images=True)
+    standard = analysis.prior_vs_codes(lambda k: torch.randn(k, d, generator=g), train, test,
+                                       images)
+    m, v = analysis.fit_diagonal_prior(means, log_vars)
+    fitted = analysis.prior_vs_codes(
+        lambda k: (m + v.sqrt() * torch.randn(k, d, generator=g, dtype=D64)).float(),
+        train, test, images)
+    assert standard["accuracy"] > 0.75
+    assert abs(fitted["accuracy"] - 0.5) < 3 * fitted["se"] + 0.01
+    assert fitted["n_test"] == 2 * len(test)

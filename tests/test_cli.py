@@ -228,3 +228,35 @@ def test_evaluate_on_the_runs_own_validation_images_per_image(tmp_path, env):
     r = run("evaluate", tmp_path / "nosplit" / "checkpoint.pt", "--split", "valid", env=env)
     assert r.returncode == 2 and "held out no validation images" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_note_given_at_training_is_recorded_with_the_run(tmp_path, env, monkeypatch):
+    """`train --note TEXT` keeps TEXT in the config's notes (and on --resume without --note);
+    `results` writes it to results/<name>/about.json, keeping what that file said already."""
+    from vae_tutorial import cli, report
+    from vae_tutorial import train as train_module
+
+    for name in (runtime.DATA_ENV, runtime.ALLOW_PARTIAL_ENV, runtime.FAST_ENV):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.setattr(runtime, "results_dir", lambda: tmp_path / "results")
+    monkeypatch.setattr(report, "write_all", lambda checkout, results: [])  # not the README
+    out, note = tmp_path / "run", "batch 16 instead of 32"
+    assert cli.main(["train", "--out", str(out), "--epochs", "1", "--set", "train_limit=64",
+                     "--note", note]) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["config"]["notes"] == {
+        "about": note}
+    assert cli.main(["evaluate", str(out / "checkpoint.pt"), "-k", "0", "--limit", "8",
+                     "--json", str(out / "eval.json")]) == 0
+    dest = tmp_path / "results" / "noted"
+    dest.mkdir(parents=True)
+    (dest / "about.json").write_text(json.dumps({"about": "old words", "tried": 3}))
+    assert cli.main(["results", "--run", str(out), "--name", "noted"]) == 0
+    assert json.loads((dest / "about.json").read_text()) == {"about": note, "tried": 3}
+    assert cli.main(["results", "--run", str(out), "--name", "fresh"]) == 0
+    assert json.loads((tmp_path / "results" / "fresh" / "about.json").read_text()) == {
+        "about": note}
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda cfg, resume: seen.append(cfg) or [])
+    assert cli.main(["train", "--out", str(out), "--resume"]) == 0
+    assert cli.main(["train", "--out", str(out), "--resume", "--note", "new words"]) == 0
+    assert [cfg.notes for cfg in seen] == [{"about": note}, {"about": "new words"}]

@@ -51,7 +51,7 @@ def test_the_faster_eligible_precision_wins(auto, fp32, bf16, expected):
     d = precision.decide(CPU)
     assert (d.precision, d.source, d.eligible) == (expected, "probe", ("fp32", "bf16"))
     assert d.dtype == (torch.bfloat16 if expected == "bf16" else None)
-    assert runtime.autocast_dtype(CPU) == d.dtype
+    assert precision.autocast_dtype(CPU) == d.dtype
     assert d.figures["fp32_gflops"] == fp32 and f"{bf16:.0f}" in d.reason
 
 
@@ -163,8 +163,8 @@ def test_cuda_keeps_its_rule_without_a_probe(auto, monkeypatch):
         monkeypatch.setattr(runtime, "cuda_bf16_native", lambda native=native: native)
         d = precision.decide(cuda)
         assert d.precision == ("bf16" if native else "fp32")
-        assert runtime.autocast_dtype(cuda) == (torch.bfloat16 if native else None)
-    assert runtime.autocast_dtype(cuda, amp=False) is None
+        assert precision.autocast_dtype(cuda) == (torch.bfloat16 if native else None)
+    assert precision.autocast_dtype(cuda, amp=False) is None
     assert not auto.calls
     assert precision.decide(torch.device("mps")).precision == "fp32"
 

@@ -514,3 +514,51 @@ def test_a_wider_model_on_the_15_minute_clock_trained_through_slower_and_worse()
     assert round(ratio, 1) == 1.6 and round(updates, 2) == 0.61
     assert "1.6 times the time per epoch (median), 0.61 times the updates" in change
     assert -0.1 < gain < -0.07 and gain < -20 * se
+
+
+def test_every_run_of_the_tables_has_its_own_record():
+    """The tried runs and the ablations are read from each run's results/<run>/about.json, not
+    from a list in code: every such run has one, with its description and its base; the tried
+    rows and the ablation steps are numbered without gaps, each base is an earlier tried row, and
+    an ablation step that shows the run's own description changes the step above it."""
+    from vae_tutorial.report import ABLATIONS, HVAE_REPLICATES, HVAE_TRIED, RECORDED, records
+
+    assert records(REPO / "results") == RECORDED
+    tried = [f for f, _, _ in HVAE_TRIED]
+    steps = [a[0] for a in ABLATIONS]
+    assert tried[0] == "hvae-cpu-valid" and HVAE_CHOSEN in tried and len(tried) >= 15
+    assert steps[0] == "conv-cpu-epyc" and steps[-1] == HVAE_CHOSEN and len(steps) == 6
+    for folder in dict.fromkeys(tried + steps):
+        about = json.loads((REPO / "results" / folder / "about.json").read_text())
+        assert isinstance(about["about"], str) and about["about"], folder
+        assert about["against"] is None or (REPO / "results" / about["against"]).is_dir()
+    assert [RECORDED[f]["tried"] for f in tried] == list(range(1, len(tried) + 1))
+    assert [RECORDED[f]["ablation"]["step"] for f in steps] == list(range(1, len(steps) + 1))
+    for i, (folder, base, change) in enumerate(HVAE_TRIED):
+        assert (base is None) == (i == 0) and (base is None or tried.index(base) < i)
+        assert change == RECORDED[folder]["about"]
+    for above, (folder, *_, changed) in zip([None, *steps], ABLATIONS):
+        if "changes" not in RECORDED[folder]["ablation"]:
+            assert RECORDED[folder]["against"] == above and changed == RECORDED[folder]["about"]
+    assert HVAE_REPLICATES == ("hvae-try-batch16-seed1", "hvae-try-b32-15min-seed1")
+    assert all(RECORDED[f]["against"] in tried for f in HVAE_REPLICATES)
+    assert ABLATIONS[2][2] == {"groups": (0, 0, 1), "zdims": (32, 16, 26)}  # tuples, as --set
+
+
+def test_records_order_the_rows_by_their_own_numbers_not_by_name(tmp_path):
+    from vae_tutorial.report import _ablations, _ordered, records
+
+    for folder, about in (("b", {"about": "second", "against": "z", "tried": 2}),
+                          ("z", {"about": "first", "against": None, "tried": 1,
+                                 "ablation": {"step": 2, "model": "hvae", "fields": {},
+                                              "label": "Z", "changes": "the ladder's words"}}),
+                          ("a", {"about": "a note alone", "against": None}),
+                          ("c", {"about": "bottom", "against": None,
+                                 "ablation": {"step": 1, "model": "conv", "fields": {"zdims": [1]},
+                                              "label": "C"}})):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "about.json").write_text(json.dumps(about))
+    runs = records(tmp_path)
+    assert [f for f, _ in _ordered(runs, lambda a: a.get("tried"))] == ["z", "b"]
+    assert _ablations(runs) == [("c", "conv", {"zdims": (1,)}, "C", "bottom"),
+                                ("z", "hvae", {}, "Z", "the ladder's words")]

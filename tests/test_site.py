@@ -128,7 +128,7 @@ def pages(site) -> dict[str, Page]:
 
 
 def test_every_chapter_has_a_page_titled_as_its_notebook(site):
-    assert len(NOTEBOOKS) == 8
+    assert [p.name[:2] for p in NOTEBOOKS if p.name[0].isdigit()] == [f"{i:02d}" for i in range(9)]
     assert (site / "index.html").exists() and (site / "README.html").exists()
     for nb, page in zip(NOTEBOOKS, CHAPTERS):
         first = _notebook(_source(site, f"notebooks/{nb.name}"))["cells"][0]["source"]
@@ -222,6 +222,19 @@ def test_cells_collapsed_in_jupyterlab_are_collapsed_on_the_site(site):
                      for c in cells)
         html = (site / page).read_text()
         assert len(re.findall(r'<details class="[^"]*\bhide above-input"', html)) == hidden
+
+
+def test_the_evidence_blocks_reach_every_page_closed(site):
+    """Each "How we know" block of a notebook's markdown is a <details> element on its page, as
+    many as the notebook has, and none is rendered open (the evidence stays one click away)."""
+    for nb, page in zip(NOTEBOOKS, CHAPTERS):
+        cells = _notebook(_source(site, f"notebooks/{nb.name}"))["cells"]
+        written = sum("".join(c["source"]).count("<details>") for c in cells
+                      if c["cell_type"] == "markdown")
+        tags = re.findall(r"<details\b[^>]*>", (site / page).read_text())
+        evidence = [t for t in tags if "above-input" not in t]  # not the hidden code cells
+        assert len(evidence) == written, page
+        assert not [t for t in tags if re.search(r"\sopen\b", t)], page
 
 
 def test_each_chapter_page_says_how_to_run_it(site):

@@ -2,7 +2,8 @@
 
     what the code carries detail_energy, image_elbos, paired_difference
     the prior hole        encode_dataset, aggregate_log_density, aggregate_kl, hole_scores,
-                          two_sample_test (a classifier tells prior draws from codes)
+                          two_sample_test (a classifier tells prior draws from codes),
+                          prior_vs_codes (that test for any prior), fit_diagonal_prior
     rate and distortion   rate_distortion (from an evaluation)
     the amortization gap  refine_posterior (with its ELBO trace), gaussian_elbo, gaps
     notebook 6            iwae_by_k (the bound against k), nearest_class_mean, kl_parts
@@ -246,6 +247,37 @@ def two_sample_test(a_train: torch.Tensor, b_train: torch.Tensor, a_test: torch.
     se = 0.5 * math.hypot(clustered_se(right_a, a_groups), clustered_se(right_b, b_groups))
     return {"accuracy": accuracy, "se": se, "n_test": len(a_test) + len(b_test),
             "classifier": clf.eval().requires_grad_(False)}
+
+
+def prior_vs_codes(sample_prior, codes_train: torch.Tensor, codes_test: torch.Tensor,
+                   test_images: torch.Tensor | None = None, **kw) -> dict:
+    """Classifier two-sample test of a prior against the codes of real images.
+
+    sample_prior(n) -> (n, D): draws of the prior under test (N(0, I), a tempered or fitted
+    one, a hierarchical VAE's prior with all groups flattened into one row, ...).
+    codes_train (M, D), codes_test (K, D): draws z ~ q(z|x) of two disjoint sets of images,
+    flattened the same way; test_images (K,): the image each test code was drawn from.
+    The classifier learns prior draws (as many as codes_train) against codes_train, then is
+    scored on fresh prior draws (as many as codes_test) against codes_test, codes of images it
+    never saw. The prior's draws are made training set first, in that order. Returns
+    `two_sample_test`'s dict (balanced held-out accuracy, its standard error clustered by
+    test image, the classifier); **kw go to two_sample_test (hidden, steps, seed, ...)."""
+    prior_train = sample_prior(len(codes_train))
+    prior_test = sample_prior(len(codes_test))
+    return two_sample_test(prior_train, codes_train, prior_test, codes_test,
+                           b_groups=test_images, **kw)
+
+
+def fit_diagonal_prior(means: torch.Tensor, log_vars: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The diagonal Gaussian with the aggregate posterior's mean and variance per dimension:
+    for posteriors q(z|x_n) = N(means[n], exp(log_vars[n])), (N, D) each, the mean
+    m_d = E_n[mu_d(x_n)] and, by the law of total variance, v_d = Var_n[mu_d(x_n)] +
+    E_n[sigma_d^2(x_n)] (population variance over the N images). Returns (m, v), (D,) each.
+    A prior N(m, diag v) matches q(z) in every dimension's first two moments, and in nothing
+    else: not the correlations between dimensions, not the shape of each marginal."""
+    means, log_vars = means.double(), log_vars.double()
+    return means.mean(0), means.var(0, unbiased=False) + log_vars.exp().mean(0)
 
 
 # Notebook 6: the IWAE bound against k, a nearest-class-mean probe, the two parts of the KL.

@@ -13,6 +13,7 @@ A checkpoint is a dict saved with torch.save:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import shutil
@@ -29,6 +30,7 @@ FORMAT = 2  # bumped when the layout of the checkpoint dict changes
 # their order would no longer be the ones the saved position counts
 SAME_DATA_ORDER = ("data", "extra_data", "extra_repeats", "train_limit", "batch_size", "seed",
                    "hflip")
+ABOUT = "about.json"  # a recorded run's description under results/ (from its config's notes)
 
 
 def path(run_dir: str | os.PathLike) -> Path:
@@ -62,6 +64,20 @@ def save_atomic(obj: dict, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def copy_atomic(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Make `dst` a copy of the file `src` (a hard link where the file system allows, else a
+    byte copy), replacing any old `dst` in one rename: a kill leaves the old file or the new."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst
 
 
 def save_training(path, *, config: TrainConfig, model, optimizer, position: dict,
@@ -191,8 +207,9 @@ def load_model(path: str | os.PathLike, map_location="cpu"):
 
 def publish(run_dir, dest, weights: bool = True) -> None:
     """Record a finished run under results/: its history.json and eval.json, any further
-    evaluations (eval-*.json: on its validation images, with more samples), and (weights) its
-    half-precision weights with their sha256."""
+    evaluations (eval-*.json: on its validation images, with more samples), its config's notes
+    (`train --note`) merged into dest's ABOUT file, and (weights) its half-precision weights
+    with their sha256."""
     run_dir, dest = Path(run_dir), Path(dest)
     for name in ("history.json", "eval.json"):
         if not (run_dir / name).is_file():
@@ -203,6 +220,12 @@ def publish(run_dir, dest, weights: bool = True) -> None:
         shutil.copyfile(run_dir / name, dest / name)
     for extra in sorted(run_dir.glob("eval-*.json")):
         shutil.copyfile(extra, dest / extra.name)
+    ckpt = path(run_dir)
+    notes = load_checkpoint(ckpt)["config"].get("notes") if ckpt.is_file() else None
+    if notes:  # kept with what dest's ABOUT already says (its place in the report's tables)
+        about = dest / ABOUT
+        old = json.loads(about.read_text()) if about.is_file() else {}
+        about.write_text(json.dumps({**old, **notes}, indent=1, ensure_ascii=False) + "\n")
     if weights:
         digest = export_half(path(run_dir), dest / "model-fp16.pt")
         (dest / "model-fp16.pt.sha256").write_text(f"{digest}  model-fp16.pt\n")

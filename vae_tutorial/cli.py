@@ -12,6 +12,7 @@ import dataclasses
 import json
 import sys
 import time
+import typing
 import warnings
 from pathlib import Path
 
@@ -125,13 +126,14 @@ def _checkpoint(args, cfg) -> Path:
 
 
 def cmd_train(args) -> int:
-    from .train import curve_split, train
+    from .histories import curve_split
+    from .train import train
 
-    extra = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                               ("lr", args.lr), ("seed", args.seed), ("compile", args.compile))
-             if v is not None}
+    extra = {k: getattr(args, k) for k in TRAIN_FIELDS if getattr(args, k) is not None}
     if args.out:
         extra["out_dir"] = str(args.out)
+    if args.note is not None:
+        extra["notes"] = {"about": args.note}
     if args.match_time:
         ref = _config(args, kind=args.match_time)
         history = Path(ref.out_dir) / "history.json"
@@ -141,6 +143,8 @@ def cmd_train(args) -> int:
     cfg = _config(args, **extra)
     ckpt = checkpoint.path(cfg.out_dir)
     resume = args.resume and ckpt.exists()
+    if resume and args.note is None:  # the note the run was started with stays with it
+        cfg = cfg.replace(notes=checkpoint.load_checkpoint(ckpt)["config"].get("notes", {}))
     if ckpt.exists() and not (args.resume or args.fresh):
         raise ValueError(f"{ckpt} exists: add --resume to continue that run, or --fresh to "
                          "start over and overwrite it")
@@ -310,6 +314,23 @@ def cmd_gpu_check(args) -> int:
     return run_check(args, start=time.perf_counter() - process_age())  # Python's start-up too
 
 
+def config_option(p: argparse.ArgumentParser, name: str, **kwargs) -> None:
+    """An option that mirrors TrainConfig's field `name` (--batch-size for batch_size), typed from
+    the field's declaration: a number within its range, or a flag for a bool (None when absent,
+    so that the config's own value stands)."""
+    flag = "--" + name.replace("_", "-")
+    hint = typing.get_type_hints(TrainConfig)[name]
+    if set(typing.get_args(hint) or (hint,)) <= {bool, type(None)}:
+        p.add_argument(flag, action="store_true", default=None, **kwargs)
+    else:
+        p.add_argument(flag, type=field(name), **kwargs)
+
+
+# train's options that set the TrainConfig field of the same name
+TRAIN_FIELDS = {"epochs": None, "batch_size": None, "lr": None, "seed": None,
+                "compile": "torch.compile"}  # name -> help
+
+
 def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True) -> None:
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="show full tracebacks on errors")
@@ -318,9 +339,8 @@ def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True) -
                        f"(default: ${runtime.DATA_ENV} or {runtime.checkout_dir() / 'data'})")
         p.add_argument("--test-data", type=existing_dir, help="folder with the test split "
                        f"(default: ${runtime.DATA_ENV} if set, else --data)")
-        p.add_argument("--allow-partial", action="store_true", default=None,
-                       help="accept a copy that fails the official checksums (a subset); "
-                       f"also {runtime.ALLOW_PARTIAL_ENV}=1")
+        config_option(p, "allow_partial", help="accept a copy that fails the official "
+                      f"checksums (a subset); also {runtime.ALLOW_PARTIAL_ENV}=1")
         p.add_argument("--device", help="auto (cuda, then mps, then cpu; the default), cpu, "
                        "cuda, cuda:1, mps")
     if model:
@@ -331,13 +351,7 @@ def _common(p: argparse.ArgumentParser, data: bool = True, model: bool = True) -
                        help="ConvVAE, the seed's network, or the hierarchical VAE")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = Parser(prog="python -m vae_tutorial", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=Parser)
-    count, seed = number(int, 1, 10**7), field("seed")
-
+def _add_data(sub) -> None:
     p = sub.add_parser("data", help="check (or download) CIFAR-10",
                        description="Check that CIFAR-10 loads, or download the official "
                        "archive (verified by torchvision) with --download.")
@@ -346,15 +360,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", help="download the official archive")
     p.set_defaults(func=cmd_data)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a VAE",
                        description="Train a VAE. Checkpoints are written every epoch and every "
                        "few minutes; rerun with --resume to continue an interrupted run.")
     _common(p)
-    p.add_argument("--epochs", type=field("epochs"))
-    p.add_argument("--batch-size", type=field("batch_size"))
-    p.add_argument("--lr", type=field("lr"))
-    p.add_argument("--seed", type=seed)
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile")
+    for name, help in TRAIN_FIELDS.items():
+        config_option(p, name, help=help)
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override any config field, e.g. --set width=32 (repeatable)")
     p.add_argument("--out", type=Path, help="run folder (default: runs/<model>-<preset>)")
@@ -364,15 +377,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start over even if the run folder has a checkpoint (overwrites it)")
     p.add_argument("--match-time", choices=choices(ModelConfig, "kind"),
                    help="train for as long as that model's run of this preset trained")
+    p.add_argument("--note", metavar="TEXT", help="what this run changes, in words; `results` "
+                   "records it in the run's about.json (kept on --resume)")
     p.set_defaults(func=cmd_train)
 
-    ckpt_help = "a checkpoint (default: the --preset/--model run's checkpoint.pt)"
+
+CKPT_HELP = "a checkpoint (default: the --preset/--model run's checkpoint.pt)"
+COUNT = number(int, 1, 10**7)
+
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="ELBO and IWAE log-likelihood",
                        description="Test ELBO and importance-weighted log-likelihood, in nats "
                        "and bits/dim. Without CHECKPOINT the result also goes to the run's "
                        "eval.json.")
     _common(p)
-    p.add_argument("checkpoint", type=Path, nargs="?", help=ckpt_help)
+    p.add_argument("checkpoint", type=Path, nargs="?", help=CKPT_HELP)
     p.add_argument("-k", "--samples", type=number(int, 0, 100_000), default=100,
                    help="IWAE samples (0: ELBO only)")
     p.add_argument("--split", choices=["train", "valid", "test"], default="test",
@@ -380,29 +400,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-image", action="store_true",
                    help="also write every image's ELBO (and IWAE) to the JSON, in nats, for "
                    "comparing two models on the same images")
-    p.add_argument("--limit", type=count, help="evaluate the first N images only")
-    p.add_argument("--batch-size", type=field("batch_size"), default=50)
-    p.add_argument("--chunk", type=count, help="images decoded at once by IWAE "
+    p.add_argument("--limit", type=COUNT, help="evaluate the first N images only")
+    config_option(p, "batch_size", default=50)
+    p.add_argument("--chunk", type=COUNT, help="images decoded at once by IWAE "
                    "(default: 16384 on CUDA, 256 on CPU)")
-    p.add_argument("--seed", type=seed, default=0)
+    config_option(p, "seed", default=0)
     p.add_argument("--stats", action="store_true",
                    help="also KL per latent dimension and active units (single-latent models)")
     p.add_argument("--json", type=output_file, help="also write the result to this JSON file")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="write samples to a PNG grid",
                        description="Draw z from the prior at a temperature, decode and sample, "
                        "save an image grid.")
     _common(p)
-    p.add_argument("checkpoint", type=Path, nargs="?", help=ckpt_help)
+    p.add_argument("checkpoint", type=Path, nargs="?", help=CKPT_HELP)
     p.add_argument("-n", type=number(int, 1, 10_000), default=64, help="number of images")
     p.add_argument("--nrow", type=number(int, 1, 1000), default=8, help="images per row")
     p.add_argument("-t", "--temperature", type=number(float, 0, 10), default=1.0,
                    help="scale of the prior's noise (1: the model; lower: smoother, less varied)")
-    p.add_argument("--seed", type=seed, default=0)
+    config_option(p, "seed", default=0)
     p.add_argument("--out", type=output_file, default=Path("samples.png"), help="PNG path")
     p.set_defaults(func=cmd_sample)
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="write a small half-precision copy of a checkpoint",
                        description="Half-precision weights, no optimizer: small enough to "
                        "commit; `evaluate` and `sample` read it like a full checkpoint.")
@@ -411,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=output_file)
     p.set_defaults(func=cmd_export)
 
+
+def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measure training/evaluation speed",
                        description="Images per second of the seed's pipeline and the "
                        "project's, side by side; prints a table and writes JSON.")
@@ -419,8 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed repeats (median reported)")
     p.add_argument("--steps", type=number(int, 1, 100_000), default=10,
                    help="training steps per repeat")
-    p.add_argument("--batch-size", type=field("batch_size"),
-                   help="images per step (default: the preset's)")
+    config_option(p, "batch_size", help="images per step (default: the preset's)")
     p.add_argument("--iwae-images", type=number(int, 1, 100_000), default=100,
                    help="images for the IWAE timing")
     p.add_argument("--ks", type=number_list(int, 1, 100_000), default=[100, 1000],
@@ -434,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the table")
     p.set_defaults(func=cmd_bench)
 
+
+def _add_report(sub) -> None:
     p = sub.add_parser("report", help="the README's tables, generated from results/",
                        description="Markdown tables of the committed measurements (training, "
                        "bench) from the JSON files under results/.")
@@ -445,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "DATA.md) instead of printing")
     p.set_defaults(func=cmd_report)
 
+
+def _add_results(sub) -> None:
     p = sub.add_parser("results", help="record a finished run under results/ (maintainers)",
                        description="Copy the --preset/--model run's history.json, eval.json "
                        "and any eval-*.json (e.g. --split valid's) to results/<model>-<preset>/ "
@@ -458,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. conv-cpu)")
     p.set_defaults(func=cmd_results)
 
+
+def _add_gpu_check(sub) -> None:
     p = sub.add_parser("gpu-check", help="a GPU machine's bench and two gpu runs, in one call",
                        description="Within --minutes of wall clock on a CUDA machine: the bench "
                        "with --compile, a time-limited gpu-preset ConvVAE and hierarchical VAE, "
@@ -471,9 +502,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"${runtime.DATA_ENV} or data/)")
     p.add_argument("--train-data", type=existing_dir, help="another training copy (e.g. the "
                    "JPEG copy decoded), mixed with --data's training images")
-    p.add_argument("--allow-partial", action="store_true", default=None,
-                   help="accept a copy that fails the official checksums (the exact subset); "
-                   f"also {runtime.ALLOW_PARTIAL_ENV}=1")
+    config_option(p, "allow_partial", help="accept a copy that fails the official checksums "
+                  f"(the exact subset); also {runtime.ALLOW_PARTIAL_ENV}=1")
     p.add_argument("--results", type=existing_dir, help="where the GPU's folder goes (default: "
                    "results/; with --allow-cpu, runs/)")
     p.add_argument("--fresh", action="store_true",
@@ -481,6 +511,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-cpu", action="store_true",
                    help="without CUDA: a dry run of the whole pipeline on the CPU, tiny")
     p.set_defaults(func=cmd_gpu_check, preset=None, model=None)
+
+
+SUBCOMMANDS = (_add_data, _add_train, _add_evaluate, _add_sample, _add_export, _add_bench,
+               _add_report, _add_results, _add_gpu_check)  # in the order --help lists them
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m vae_tutorial", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=Parser)
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 

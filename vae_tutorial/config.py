@@ -116,6 +116,9 @@ class TrainConfig:
     weight_decay: Annotated[float, Range(0, 10)] = 0.0  # AdamW decoupled weight decay
     grad_clip: Annotated[float, Range(0, 1e9, open_lo=True)] = 200.0  # max gradient norm (nats)
     grad_skip: Annotated[float | None, Range(0, 1e12, open_lo=True)] = None  # skip larger norms
+    # divergences recovered by rolling back to the last good epoch at half the learning rate
+    # (train.rollback); one more stops the run with TrainingDiverged. 0: stop at the first
+    max_rollbacks: Annotated[int, Range(0, 100)] = 3
     beta: Annotated[float, Range(0, 1000)] = 1.0  # weight of the KL term (1: the true ELBO)
     kl_warmup_epochs: Annotated[float, Range(0, 10_000)] = 1.0  # KL weight 0 -> beta over this
     free_bits: Annotated[float, Range(0, 100)] = 0.0  # nats per latent unit not penalised (0: off)
@@ -123,7 +126,7 @@ class TrainConfig:
     seed: Annotated[int, Range(0, 2**32 - 1)] = 0  # weights, data order and sampling noise
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
     device: str = "auto"  # "auto" (cuda, then mps, then cpu) or a torch device string
-    amp: bool = True  # bf16 autocast where bf16 is native (runtime.autocast_dtype)
+    amp: bool = True  # bf16 autocast where bf16 is native (precision.autocast_dtype)
     channels_last: bool | None = None  # None: on CUDA only (it measured no faster on CPU)
     compile: bool = False  # torch.compile the model (opt-in: it takes a while to compile)
     out_dir: str | None = None  # checkpoint.pt and history.json; None: runs/<model>-<preset>

@@ -240,7 +240,7 @@ def train_run(kind: str, mode: Mode, roots: dict, device, seconds: float, scratc
     """A time-limited run whose time limit is re-aimed after each epoch at the end of its
     `seconds` of wall clock (the epochs' evaluations and checkpoints included). Returns the
     trainer's Run (history, model) and a summary for the manifest."""
-    from .train import end_epoch, run_epoch, setup
+    from .train import StopTraining, train
 
     start = time.perf_counter()
     end = start + seconds
@@ -249,30 +249,31 @@ def train_run(kind: str, mode: Mode, roots: dict, device, seconds: float, scratc
                  allow_partial=roots["allow_partial"], device=str(device), progress=False,
                  out_dir=str(scratch / run_name(kind, mode.preset)), time_limit=seconds / 60,
                  **extra)
-    run = setup(cfg)
-    first = time.perf_counter()
-    # until an epoch has shown what its evaluation and checkpoint cost, aim at 80% of what is left
-    run.cfg = cfg.replace(time_limit=max(0.8 * (end - first), 1.0) / 60)
-    last_print = first
-    while run.pos.epoch < cfg.epochs:
-        record = run_epoch(run)
-        if record is None:
-            break
-        end_epoch(run, record)
+    clock = {}  # when setup ended, when progress was last printed; and the run
+
+    def reaim(run) -> None:
+        """After setup, and after each epoch: aim the time limit at the end of `seconds`."""
         now = time.perf_counter()
-        if record["partial"] or now >= end:
-            break
+        if not clock:  # until an epoch has shown what its evaluation and checkpoint cost,
+            clock.update(first=now, printed=now, run=run)  # aim at 80% of what is left
+            run.cfg = cfg.replace(time_limit=max(0.8 * (end - now), 1.0) / 60)
+            return
+        if now >= end:
+            raise StopTraining
         train_s, epochs = run.pos.seconds, run.pos.epoch
-        overhead = max(0.0, (now - first) - train_s) / epochs  # per epoch: evaluation, saving
+        overhead = max(0.0, (now - clock["first"]) - train_s) / epochs  # evaluation, saving
         per_epoch = train_s / epochs
         left = end - now - overhead  # the last epoch's evaluation and checkpoint come after it
         limit = train_s + left * per_epoch / (per_epoch + overhead)
         if limit <= train_s:
-            break
+            raise StopTraining
         run.cfg = run.cfg.replace(time_limit=limit / 60)
-        if now - last_print >= 30:
+        if now - clock["printed"] >= 30:
             print(f"  {kind}: epoch {epochs}, {now - start:.0f} of {seconds:.0f} s", flush=True)
-            last_print = now
+            clock["printed"] = now
+
+    train(cfg, hook=reaim)
+    run = clock["run"]
     n = len(run.loader.images)
     data = Path(cfg.data).name + (f" + {Path(cfg.extra_data).name}" if cfg.extra_data else "")
     held = f", {cfg.valid_size:,} exact ones held out for validation" if cfg.valid_size else ""

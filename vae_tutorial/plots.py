@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid, save_image
 
+from .histories import curve_split
 from .runtime import figures_dir
 
 
@@ -44,8 +45,6 @@ def plot_history(history: list[dict], axes=None):
 
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    from .train import curve_split
-
     held = curve_split(history)
     names = {"train": "training (epoch average)", "valid": "validation", "test": "test"}
     panels = [("bpd", "negative ELBO", "bits/dim", 1.0),

@@ -277,3 +277,10 @@ def decide(device: torch.device, amp: bool = True, refresh: bool = False) -> Dec
     if runtime.fast_mode():
         return Decision("bf16", "fast mode: bf16 where native, no probe", "fast mode", allowed)
     return _cpu_decision(allowed, refresh)
+
+
+def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
+    """The dtype `decide` picks, for torch.autocast: bf16 where it is eligible (native) and pays
+    (on a CPU: measured once by a short probe and cached; on CUDA: Ampere and later), amp on and
+    runtime.PRECISION_ENV not fp32; None (fp32) elsewhere."""
+    return decide(device, amp).dtype

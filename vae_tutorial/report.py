@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-from . import losses
+from . import losses, runtime
 from .analysis import paired_difference
 from .bench import TRAIN_IMAGES
+from .checkpoint import ABOUT
 from .config import preset
+from .histories import curve_split
 from .model import build_model, count_parameters, count_used_parameters
-from .train import curve_split
 
 
 def _load(path: Path) -> dict | list:
@@ -169,29 +170,36 @@ def time_to_quality_table(results: Path, targets=(5.4, 5.0), race=RACE) -> str:
     return "\n".join(lines)
 
 
-# Notebook 8's ablations, from ConvVAE to the hierarchical VAE (folder, model kind, model fields
-# the run set, label, what the row changes against the row above).
-ABLATIONS = [
-    ("conv-cpu-epyc", "conv", {}, "ConvVAE, half JPEG",
-     "ConvVAE's own `cpu` preset: one vector of latents; half of every epoch the JPEG copy "
-     "(JPEG 50,000 + exact 5,085 x10), 8 epochs of cosine in 24 min; 2 cores"),
-    ("ablation-conv-exact", "conv", {}, "ConvVAE, exact + flips",
-     "the data and schedule: the hierarchical VAE's recipe (the exact images mirrored at "
-     "random; 30 min, peak lr 1e-3, batch 64, KL warm-up 15 epochs, not 8 epochs, 2e-3, 128, "
-     "1); 1 core"),
-    ("ablation-hvae-onegroup", "hvae", {"groups": (0, 0, 1), "zdims": (32, 16, 26)},
-     "hierarchical, one group",
-     "the latents and the network: one group of 26 x 16 x 16 spatial latents (as many "
-     "variables as the next row), fewer cells and parameters, so more steps in 30 min"),
-    ("ablation-hvae", "hvae", {}, "hierarchical, five groups",
-     "the hierarchy: five groups at 4x4, 8x8 and 16x16, each prior conditioned on the groups "
-     "above (the `cpu` preset before the search: batch 64)"),
-    ("hvae-cpu-valid", "hvae", {}, "hierarchical, five groups, 2 cores",
-     "compute: the same preset on 2 cores, alone on the machine"),
-    (HVAE_CHOSEN, "hvae", {}, "hierarchical, chosen recipe, 2 cores",
-     "the recipe: the `cpu` preset as the search on validation chose it (`results/hvae-tried.md`: "
-     "a smaller batch, so more updates of fewer images each in the same 30 min); 2 cores"),
-]
+def records(results: Path) -> dict[str, dict]:
+    """Every run's own record under `results` (its ABOUT file), by folder: "about", what the run
+    changes, in words; "against", the run it changes (or null); and where a table shows it:
+    "tried", its row in results/hvae-tried.md; "replicate", true where it repeats its base's
+    recipe with another seed; "ablation", its step in notebook 8's ladder ("step", "model",
+    "fields", "label", and "changes" where the ladder's row says other than "about").
+    `train --note TEXT` stores "about" with a run, and `results` copies it there."""
+    return {p.parent.name: _load(p) for p in sorted(Path(results).glob(f"*/{ABOUT}"))}
+
+
+def _ordered(runs: dict[str, dict], key) -> list[tuple[str, dict]]:
+    """(folder, record) of the runs that `key` (a function of the record) places, in its order."""
+    return sorted(((f, a) for f, a in runs.items() if key(a) is not None),
+                  key=lambda fa: key(fa[1]))
+
+
+def _ablations(runs: dict[str, dict]) -> list[tuple]:
+    """Notebook 8's ablations, from ConvVAE to the hierarchical VAE, in step order: (folder,
+    model kind, model fields the run set, label, what the row changes against the row above)."""
+    rows = []
+    for folder, a in _ordered(runs, lambda a: a.get("ablation", {}).get("step")):
+        step = a["ablation"]
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in step["fields"].items()}
+        rows.append((folder, step["model"], fields, step["label"],
+                     step.get("changes", a["about"])))
+    return rows
+
+
+RECORDED = records(runtime.results_dir())  # the committed runs' records
+ABLATIONS = _ablations(RECORDED)
 
 
 def _valid_points(history: list[dict]) -> list[tuple]:
@@ -258,71 +266,13 @@ def ablation_table(results: Path) -> str:
 
 
 # Every hierarchical-VAE run tried for its `cpu` preset (issue: 4.2 bits/dim in 30 CPU minutes),
-# compared on the validation split only: (folder under results/, the run it changes, the change).
-# A tried run keeps its history.json; of the runs made for the search, only the chosen one
-# (HVAE_CHOSEN: the lowest best validation ELBO) is evaluated on the test images (eval.json) and
-# keeps its weights. The first row, the preset before the search, was evaluated for the README
-# before the search began.
-HVAE_TRIED = [
-    ("hvae-cpu-valid", None, "the `cpu` preset as it stood: groups 1, 2, 2 at 4x4, 8x8, 16x16, "
-     "width 64, peak lr 1e-3, batch 64, KL warm-up 15 epochs, exact images mirrored at random; "
-     "the trainer's fused AdamW (new on a CPU)"),
-    ("hvae-try-lr2e-3", "hvae-cpu-valid", "peak learning rate 2e-3 instead of 1e-3: diverged "
-     "after the KL warm-up (epoch 18: 38 updates skipped, validation KL 183,504 nats) and "
-     "stopped in epoch 19, when every update so far had been skipped (the trainer then crashed "
-     "in its progress bar; fixed)"),
-    ("hvae-try-batch32", "hvae-cpu-valid", "batch 32 instead of 64 (twice the updates for the "
-     "same images), peak learning rate 1e-3 as before"),
-    ("hvae-try-batch16", "hvae-try-batch32", "batch 16 instead of 32 (twice the updates again), "
-     "peak learning rate 1e-3 as before; 9 updates skipped by the gradient skip, all in epoch 5 "
-     "(two short test commands shared the CPU in that epoch: 90 images/s against about 145 "
-     "either side)"),
-    ("hvae-try-b16-warm5", "hvae-try-batch16", "KL warm-up over 5 epochs instead of 15: diverged "
-     "in epoch 9, four epochs after the warm-up (52 updates skipped, validation KL 3.7e10 nats), "
-     "and every update of epoch 10 was skipped, so the trainer stopped there (two short test "
-     "commands shared the CPU in epoch 6: 75 images/s against about 150)"),
-    ("hvae-try-batch8", "hvae-try-batch16", "batch 8 instead of 16 (twice the updates again), "
-     "peak learning rate 1e-3, KL warm-up 15 epochs: diverged in epoch 4, during the warm-up "
-     "(309 updates skipped, validation KL 5.9e7 nats), and every update of epoch 5 was skipped, "
-     "so the trainer stopped there"),
-    ("hvae-try-batch16-seed1", "hvae-try-batch16", "the same recipe as batch 16 with another seed "
-     "(weights, data order and sampling noise; the same validation images): a replicate, to see "
-     "how far one run of this recipe is from another, and whether it stays stable"),
-    ("hvae-try-groups244", "hvae-try-batch16", "groups 2, 4, 4 instead of 1, 2, 2: twice the "
-     "latent groups at each resolution, and with them twice the top-down cells (depth) and the "
-     "latent variables (the group counts the `gpu` preset had then; not its other settings): "
-     "diverged in epoch 18, three epochs after the KL warm-up (156 updates skipped, validation "
-     "KL 1.5e10 nats), and every update of epoch 19 was skipped, so the trainer stopped there; "
-     "1.7 times the time per epoch (median of epochs 1 to 17)"),
-    ("hvae-try-b32-groups244", "hvae-try-batch32", "groups 2, 4, 4 instead of 1, 2, 2 at batch "
-     "32 (as the row above), where they were tried again after diverging at batch 16: no update "
-     "skipped, 2.0 times the time per epoch (median), so half the updates in the 30 minutes"),
-    ("hvae-try-width48", "hvae-try-batch16", "width 48 instead of 64 (channels at 16x16, twice "
-     "that below): diverged in epoch 18, three epochs after the KL warm-up (159 updates skipped, "
-     "validation KL 1.74e8 nats), and every update of epoch 19 was skipped, so the trainer "
-     "stopped there"),
-    ("hvae-try-b32-15min", "hvae-try-batch32", "a time limit of 15 minutes instead of 30 (the "
-     "cosine of the learning rate follows the shorter clock, so the rate was at or below the "
-     "30-minute run's at every epoch; batch 32, peak lr 1e-3, KL warm-up 15 epochs as before), "
-     "the smaller budget of a pair for the groups' gap: diverged in epoch 11, during the KL "
-     "warm-up (84 updates skipped, validation KL 2.83e5 nats), and every update of epoch 12 "
-     "was skipped, so the trainer stopped there"),
-    ("hvae-try-b32-15min-seed1", "hvae-try-b32-15min", "the 15-minute run at batch 32 again with "
-     "another seed (weights, data order and sampling noise), to have the base the first could "
-     "not be: no update skipped; this CPU ran it at 173 images/s against 225 in the 30-minute "
-     "run (medians of full epochs; another day), so 15 minutes bought 0.39 times that run's "
-     "updates"),
-    ("hvae-try-b32-groups244-15min", "hvae-try-b32-15min-seed1", "groups 2, 4, 4 instead of 1, "
-     "2, 2 on the 15-minute clock at batch 32, and seed 0 against the base's seed 1 (two "
-     "changes): no update skipped, 1.5 times the time per epoch (median), 0.63 times the "
-     "updates; with `hvae-try-b32-groups244`, how the groups' gap moves as the budget doubles"),
-    ("hvae-try-b16-lr5e-4", "hvae-try-batch16", "peak learning rate 5e-4 instead of 1e-3 at "
-     "batch 16: no update skipped (the chosen run skipped 9), through epoch 18, where twice the "
-     "groups and width 48 diverged at 1e-3, to the end of the 30 minutes"),
-    ("hvae-try-b32-15min-width96", "hvae-try-b32-15min-seed1", "width 96 instead of 64 on the "
-     "15-minute clock at batch 32, seed 1 as the base: no update skipped, 1.6 times the time per "
-     "epoch (median), 0.61 times the updates"),
-]
+# compared on the validation split only: (folder under results/, the run it changes, the change),
+# in the order of their "tried" rows. A tried run keeps its history.json; of the runs made for
+# the search, only the chosen one (HVAE_CHOSEN: the lowest best validation ELBO) is evaluated on
+# the test images (eval.json) and keeps its weights. The first row, the preset before the
+# search, was evaluated for the README before the search began.
+HVAE_TRIED = [(f, a["against"], a["about"])
+              for f, a in _ordered(RECORDED, lambda a: a.get("tried"))]
 
 
 VALID_EVAL = "eval-valid.json"  # `evaluate --split valid --per-image` of a run's final model
@@ -341,7 +291,7 @@ def paired_gain(run: Path, base: Path) -> tuple[float, float]:
 
 
 # Trials that repeat another trial's recipe with another seed: run-to-run variation, not a choice
-HVAE_REPLICATES = ("hvae-try-batch16-seed1", "hvae-try-b32-15min-seed1")
+HVAE_REPLICATES = tuple(f for f, _, _ in HVAE_TRIED if RECORDED[f].get("replicate"))
 
 
 def _best(history: list[dict], folder: str) -> tuple:

@@ -18,6 +18,7 @@ ALLOW_PARTIAL_ENV = "VAE_TUTORIAL_ALLOW_PARTIAL"  # 1: accept a copy failing the
 FAST_ENV = "VAE_TUTORIAL_FAST"  # 1: fast mode, a few hundred images and a tiny network
 PRESET_ENV = "VAE_TUTORIAL_PRESET"  # the preset notebooks show (default: gpu on CUDA, else cpu)
 FIGURES_ENV = "VAE_TUTORIAL_FIGURES"  # where figures go (default: figures/, fast: runs/...)
+RUNS_ENV = "VAE_TUTORIAL_RUNS"  # the folder of training runs (default: runs/ in the checkout)
 PRECISION_ENV = "VAE_TUTORIAL_PRECISION"  # auto (measured, the default), fp32 or bf16 (if eligible)
 PRECISION_CACHE_ENV = "VAE_TUTORIAL_PRECISION_CACHE"  # the precision probe's cache file
 XDG_CACHE_ENV = "XDG_CACHE_HOME"  # the user's cache folder (default: ~/.cache)
@@ -67,8 +68,10 @@ def test_root(train_root: str | os.PathLike) -> Path:
 
 
 def runs_dir() -> Path:
-    """runs/ in the checkout: checkpoints and histories of training runs (not committed)."""
-    return checkout_dir() / "runs"
+    """RUNS_ENV's folder, else runs/ in the checkout: checkpoints and histories of training runs
+    (not committed)."""
+    env = os.environ.get(RUNS_ENV, "").strip()
+    return Path(env).expanduser().resolve() if env else checkout_dir() / "runs"
 
 
 def results_dir() -> Path:
@@ -203,15 +206,6 @@ def precision_cache() -> Path:
         return Path(env).expanduser().resolve()
     base = os.environ.get(XDG_CACHE_ENV, "").strip() or Path.home() / ".cache"
     return Path(base).expanduser() / "vae-tutorial" / "precision.json"
-
-
-def autocast_dtype(device: torch.device, amp: bool = True) -> torch.dtype | None:
-    """The precision policy (precision.decide): bf16 autocast where it is eligible (native) and
-    pays (on a CPU: measured once by a short probe and cached; on CUDA: Ampere and later), amp
-    on and PRECISION_ENV not fp32; None (fp32) elsewhere."""
-    from . import precision  # (precision imports this module)
-
-    return precision.decide(device, amp).dtype
 
 
 def cpu_name() -> str:

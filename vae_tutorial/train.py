@@ -7,6 +7,7 @@ data on the device, or all of it restored from a checkpoint), `run_epoch` takes 
 steps of one epoch (`train_step` is one of them), and `end_epoch` evaluates, logs and saves.
 A checkpoint is written atomically at the end of every epoch and, by the clock, in the middle
 of one (with the loader's position), so an interrupted run resumes at the exact step it reached.
+A run that diverges returns to its last good epoch end at half the learning rate (`rollback`).
 """
 
 from __future__ import annotations
@@ -29,11 +30,21 @@ from . import checkpoint, losses, precision, runtime
 from .config import TrainConfig
 from .data import CifarLoader, load_cifar10, near_duplicates, split_validation
 from .evaluate import evaluate
+from .histories import curve_split as curve_split  # re-exported: notebooks use it
+from .histories import held_out_split
 from .model import build_model
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or the gradient became NaN or infinite."""
+    """The run diverged (see `rollback`): a NaN or infinite loss, an epoch of skipped updates, or
+    a held-out ELBO far worse than the run's best."""
+
+
+# A held-out bits/dim above JUMP times the run's best so far (before the first epoch: the
+# untrained model's) means the run diverged. Every recorded healthy run stayed within 1.06x of
+# its best, every diverged one went past 30x (tests/test_train.py reads them from results/).
+JUMP = 1.5
+ROLLBACK_LR = 0.5  # each rollback multiplies the learning rate by this
 
 
 class StopTraining(Exception):
@@ -112,6 +123,10 @@ class Position:
     sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # elbo, rec, kl
     seen: int = 0  # images of the current epoch so far (this process)
     skipped: int = 0  # steps of the current epoch skipped for a huge gradient norm
+    start_bpd: float | None = None  # the untrained model's held-out bits/dim (rollback's yardstick)
+    lr_scale: float = 1.0  # ROLLBACK_LR ** rollbacks: multiplies the schedule's learning rate
+    rollbacks: int = 0  # divergences recovered so far
+    rolled_back: list = field(default_factory=list)  # rollbacks not yet logged in an epoch record
 
 
 @dataclass
@@ -125,7 +140,7 @@ class Run:
     opt: torch.optim.Optimizer
     loader: CifarLoader
     eval_loader: CifarLoader  # the per-epoch held-out images: validation, else test
-    amp_dtype: torch.dtype | None  # bf16 autocast, or None for fp32 (runtime.autocast_dtype)
+    amp_dtype: torch.dtype | None  # bf16 autocast, or None for fp32 (precision.autocast_dtype)
     rank: int = 0
     world: int = 1
     history: list[dict] = field(default_factory=list)
@@ -135,6 +150,11 @@ class Run:
     @property
     def ckpt_path(self) -> Path:
         return checkpoint.path(self.cfg.out_dir)
+
+    @property
+    def good_path(self) -> Path:
+        """The last epoch end judged healthy: where `rollback` returns to."""
+        return Path(self.cfg.out_dir) / "good.pt"
 
     @property
     def show(self) -> bool:
@@ -191,7 +211,11 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     if cfg.compile:
         net = torch.compile(net)
     run = Run(cfg, device, model, net, opt, loader, eval_loader,
-              runtime.autocast_dtype(device, cfg.amp), rank, world, history, pos)
+              precision.autocast_dtype(device, cfg.amp), rank, world, history, pos)
+    if not resume and world == 1:  # the yardstick of the first epoch, and a state to return to
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            pos.start_bpd = evaluate(model, eval_loader).bits_per_dim
+        _save(run, path=run.good_path)
     if run.show:
         where = f"from epoch {pos.epoch + 1}, step {pos.step}" if resume else "from scratch"
         tqdm.write(f"training {cfg.model.kind} ({cfg.preset} preset, {len(x):,} images, "
@@ -221,10 +245,14 @@ def train_step(run: Run, x: torch.Tensor, lr: float, kl_weight: float):
     return out, torch.where(torch.isfinite(loss), gnorm, loss.detach())
 
 
-def _save(run: Run) -> None:
+def _save(run: Run, good: bool = False, path: Path | None = None) -> None:
+    """Write the checkpoint (or `path`); good: it is also the state a rollback returns to."""
     if run.rank == 0:
-        checkpoint.save_training(run.ckpt_path, config=run.cfg, model=run.model, optimizer=run.opt,
+        path = path or run.ckpt_path
+        checkpoint.save_training(path, config=run.cfg, model=run.model, optimizer=run.opt,
                                  position=vars(run.pos), history=run.history, device=run.device)
+        if good:
+            checkpoint.copy_atomic(path, run.good_path)
     run.last_save = time.perf_counter()
 
 
@@ -250,7 +278,7 @@ def run_epoch(run: Run) -> dict | None:
             if progress >= 1.0:
                 out_of_time = True
                 break
-        lr = lr_at(cfg, pos.step, total_steps, progress)
+        lr = lr_at(cfg, pos.step, total_steps, progress) * pos.lr_scale
         kl_w = kl_weight_at(cfg, pos.epoch + i / steps_per_epoch)
         out, gnorm = train_step(run, xb, lr, kl_w)
         if gnorm is not None:  # skipped steps change nothing and are not averaged
@@ -310,11 +338,21 @@ def end_epoch(run: Run, record: dict) -> dict:
         record.update({f"{split}_elbo": ev.elbo, f"{split}_reconstruction": ev.reconstruction,
                        f"{split}_kl": ev.kl, f"{split}_bpd": ev.bits_per_dim,
                        f"{split}_bpd_se": ev.bits_per_dim_se})
+        limit, yardstick = held_out_limit(run)
+        if not ev.bits_per_dim <= limit:  # NaN too
+            raise TrainingDiverged(
+                f"{split} ELBO {ev.bits_per_dim:.4g} bits/dim after epoch {record['epoch']}, over "
+                f"{JUMP:g} times {yardstick} ({limit / JUMP:.3f}). {run.ckpt_path} (last good "
+                f"state) was left untouched. Try a lower lr (now {run.cfg.lr:g}).")
+    if pos.rolled_back:
+        record["rollback"], pos.rolled_back = pos.rolled_back, []
+    if pos.rollbacks:
+        record["lr_scale"] = pos.lr_scale
     run.history.append(record)
     pos.epoch, pos.batch, pos.seen, pos.skipped = record["epoch"], 0, 0, 0
     pos.seconds += record["seconds"]
     pos.epoch_seconds, pos.sums = 0.0, [0.0, 0.0, 0.0]
-    _save(run)
+    _save(run, good=run.world == 1)
     if run.rank == 0:
         _write_history(Path(run.cfg.out_dir), run.history)
         if run.show:
@@ -327,15 +365,40 @@ def end_epoch(run: Run, record: dict) -> dict:
     return record
 
 
-def held_out_split(cfg: TrainConfig) -> str:
-    """The images a run evaluates after every epoch: "valid" with a validation split, else
-    "test" (history keys valid_bpd or test_bpd, and so on)."""
-    return "valid" if cfg.valid_size else "test"
+def held_out_limit(run: Run) -> tuple[float, str]:
+    """(bits/dim, what it is JUMP times): the held-out bits/dim above which the run counts as
+    diverged, JUMP times its best so far, or the untrained model's before the first epoch."""
+    split = held_out_split(run.cfg)
+    seen = [h[f"{split}_bpd"] for h in run.history if f"{split}_bpd" in h]
+    best = min(seen) if seen else run.pos.start_bpd
+    if best is None or not math.isfinite(best):  # a run from before start_bpd was recorded
+        return math.inf, "nothing"
+    return JUMP * best, "the run's best" if seen else "the untrained model's"
 
 
-def curve_split(history: list[dict]) -> str:
-    """"valid" or "test": which held-out curve a history holds (see held_out_split)."""
-    return "valid" if history and "valid_bpd" in history[0] else "test"
+def rollback(run: Run, err: TrainingDiverged) -> None:
+    """Recover from a divergence: restore the last good epoch end (weights, optimizer, data
+    order, random state, history) and go on with ROLLBACK_LR times the learning rate. The time
+    spent since still counts against a time limit. Raises `err` again, with the rollbacks used,
+    once the run has used its cfg.max_rollbacks, or where there is no good state (torchrun)."""
+    pos, cfg = run.pos, run.cfg
+    if pos.rollbacks >= cfg.max_rollbacks or run.world > 1 or not run.good_path.exists():
+        raise TrainingDiverged(f"{err} (rollbacks used: {pos.rollbacks} of max_rollbacks "
+                               f"{cfg.max_rollbacks})") from None
+    reason = str(err).split(". ")[0]
+    seconds = pos.seconds + pos.epoch_seconds
+    state = checkpoint.resume(run.good_path, run.model, run.opt, run.device, cfg)
+    good = Position(**state["position"])
+    entry = {"epoch": pos.epoch + 1, "step": pos.step, "reason": reason,
+             "to_epoch": good.epoch, "lr_scale": pos.lr_scale * ROLLBACK_LR}
+    good.rollbacks, good.lr_scale = pos.rollbacks + 1, entry["lr_scale"]
+    good.rolled_back = [*pos.rolled_back, entry]
+    good.seconds, good.start_bpd = seconds, pos.start_bpd
+    run.pos, run.history = good, state["history"]
+    _save(run)
+    if run.show:
+        tqdm.write(f"rollback {good.rollbacks}/{cfg.max_rollbacks}: {reason}; back to epoch "
+                   f"{good.epoch} at {entry['lr_scale']:g}x the learning rate")
 
 
 def _write_history(out_dir: Path, history: list[dict]) -> None:
@@ -351,23 +414,34 @@ def _write_history(out_dir: Path, history: list[dict]) -> None:
 
 
 def train(config: TrainConfig, resume: bool = False,
-          callback: Callable[[dict, nn.Module], None] | None = None) -> list[dict]:
+          callback: Callable[[dict, nn.Module], None] | None = None,
+          hook: Callable[[Run], None] | None = None) -> list[dict]:
     """Train a VAE as `config` says; returns the per-epoch history (also in history.json).
 
     resume: continue from out_dir/checkpoint.pt, at the exact step it holds.
     callback(record, model) runs after every epoch's checkpoint; it may raise StopTraining.
+    hook(run) runs after setup and after every epoch, with the whole Run (gpu_check re-aims
+    run.cfg.time_limit with it); it may raise StopTraining too.
     """
     run = setup(config, resume)
-    while run.pos.epoch < config.epochs:
-        record = run_epoch(run)
-        if record is None:  # the time ran out before this epoch's first step
-            break
-        record = end_epoch(run, record)
-        if callback is not None:
+    try:
+        if hook is not None:
+            hook(run)
+        while run.pos.epoch < config.epochs:
             try:
+                record = run_epoch(run)
+                if record is None:  # the time ran out before this epoch's first step
+                    break
+                record = end_epoch(run, record)
+            except TrainingDiverged as err:
+                rollback(run, err)
+                continue
+            if callback is not None:
                 callback(record, run.model)
-            except StopTraining:
+            if record["partial"]:
                 break
-        if record["partial"]:
-            break
+            if hook is not None:
+                hook(run)
+    except StopTraining:
+        pass
     return run.history
