@@ -44,7 +44,7 @@ test: venv
 	    --nbval-sanitize-with notebooks/sanitize.cfg -p no:cacheprovider -rs
 
 # Notebooks 5-8 in full mode on stand-ins for the user's own runs (other recorded runs put where
-# make tutorial leaves its runs): an assert pinned to our runs fails here (about 15 minutes).
+# make tutorial leaves its runs): an assert pinned to our runs fails here (longer than `test`).
 test-user-runs: venv
 	VAE_TUTORIAL_USER_RUNS=1 $(BIN)/python -m pytest tests/test_user_runs.py -p no:cacheprovider -v
 

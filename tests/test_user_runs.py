@@ -17,7 +17,7 @@ NOTEBOOKS = runtime.checkout_dir() / "notebooks"
 # the user's run folder (runs/<model>-cpu) -> a recorded run that differs from the committed one
 STAND_INS = {run_name("conv", "cpu"): "conv-cpu-valid", run_name("hvae", "cpu"): "hvae-try-batch16"}
 CHAPTERS = ["05_training", "06_results", "07_blobs", "08_hierarchical"]
-# about a quarter of an hour on 2 cores, too long for the test command CI runs: `make
+# too long for the test command CI runs (each notebook takes minutes in full mode): `make
 # test-user-runs` runs it (and `make tutorial` executes the notebooks on real runs anyway)
 pytestmark = pytest.mark.skipif(os.environ.get("VAE_TUTORIAL_USER_RUNS") != "1",
                                 reason="notebooks on stand-in runs: make test-user-runs")
