@@ -3,6 +3,7 @@ rate, records it, resumes exactly after a kill, and never ends as if nothing hap
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,7 +64,7 @@ def test_a_poisoned_epoch_rolls_back_and_the_run_recovers(cfg, monkeypatch):
     assert all(torch.isfinite(v).all() for v in final.values() if v.is_floating_point())
     assert math.isfinite(history[-1]["test_bpd"])
     assert history[-1]["test_bpd"] < JUMP * min(h["test_bpd"] for h in history[:2])
-    on_disk = json.loads((runtime.Path(cfg.out_dir) / "history.json").read_text())
+    on_disk = json.loads((Path(cfg.out_dir) / "history.json").read_text())
     assert on_disk[2]["rollback"][0]["to_epoch"] == 2
 
 
