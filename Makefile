@@ -35,7 +35,18 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 .PHONY: tutorial test test-user-runs venv data train evaluate hvae ablations notebooks compare sweep jpeg-copy results \
         bench gpu-check clean
 
-tutorial: venv data train evaluate hvae notebooks
+# The steps in order, each timed: runs/tutorial-steps.txt keeps the minutes of the last tutorial.
+# Offline, TRAIN_DATA=data/cifar10-jpeg adds the decoding of that copy (jpeg-copy) as a step.
+TUTORIAL_STEPS := venv $(if $(filter %data/cifar10-jpeg,$(abspath $(TRAIN_DATA))),jpeg-copy) \
+                  data train evaluate hvae notebooks
+tutorial:
+	@mkdir -p runs && : > runs/tutorial-steps.txt && total=$$(date +%s) && \
+	for step in $(TUTORIAL_STEPS); do \
+	    start=$$(date +%s); $(MAKE) --no-print-directory $$step || exit 1; \
+	    echo "step $$step: $$(( $$(date +%s) - start )) s" | tee -a runs/tutorial-steps.txt; \
+	done && echo "total: $$(( $$(date +%s) - total )) s" | tee -a runs/tutorial-steps.txt && \
+	$(BIN)/python -c "from vae_tutorial import runtime; print('machine:', runtime.hardware())" \
+	    | tee -a runs/tutorial-steps.txt
 	@echo "tutorial done: runs/ holds the checkpoints, notebooks executed, figures in figures/"
 
 test: venv

@@ -56,4 +56,5 @@ def _seed_and_isolate(monkeypatch, tmp_path):
     # no precision probe in tests (quick, deterministic): bf16 wherever it is eligible, as the
     # reference weights were recorded; tests of the probe set "auto" and their own cache file
     monkeypatch.setenv("VAE_TUTORIAL_PRECISION", "bf16")
+    monkeypatch.setenv("VAE_TUTORIAL_ADAMW", "fused")  # likewise AdamW: tests of its probe: auto
     monkeypatch.setenv("VAE_TUTORIAL_PRECISION_CACHE", str(tmp_path / "precision.json"))

@@ -160,6 +160,36 @@ def group_kl(q_mean, q_log_var, p_mean, p_log_var):
     return kl.flatten(1).sum(1)
 
 
+def group_step(group, h, feat):
+    d = group.zdim
+    p = group.prior(h)
+    p_mean, p_log_var, dh = p[:, :d], soft_clamp(p[:, d:2 * d]), p[:, 2 * d:]
+    h = h + dh
+    q = group.posterior(torch.cat([h, feat], 1))
+    q_mean, q_log_var = q[:, :d], soft_clamp(q[:, d:])
+    z = q_mean + torch.exp(0.5 * q_log_var) * torch.randn_like(q_mean)
+    kl = group_kl(q_mean, q_log_var, p_mean, p_log_var)  # the independent one above
+    return group.cell(h + group.z_proj(z)), kl
+
+
+def _group_step_wrong(update_first=True, clamp=True, from_prior=False, proj=True, cell=True,
+                      kl_to=None):
+    """group_step with one typical mistake."""
+    def step(group, h, feat):
+        d = group.zdim
+        c = soft_clamp if clamp else (lambda t: t)
+        p = group.prior(h)
+        pm, plv, dh = p[:, :d], c(p[:, d:2 * d]), p[:, 2 * d:]
+        q = group.posterior(torch.cat([h + dh if update_first else h, feat], 1))
+        qm, qlv = q[:, :d], c(q[:, d:])
+        m, lv = (pm, plv) if from_prior else (qm, qlv)
+        z = m + torch.exp(0.5 * lv) * torch.randn_like(m)
+        kl = group_kl(qm, qlv, *(kl_to(qm) if kl_to else (pm, plv)))
+        out = h + dh + (group.z_proj(z) if proj else 0)
+        return (group.cell(out) if cell else out), kl
+    return step
+
+
 SOLUTIONS = {name: globals()[name] for name in ex.EXERCISES}
 
 
@@ -369,6 +399,18 @@ WRONG = {
         (lambda qm, qlv, pm, plv: group_kl(qm, 2 * qlv, pm, 2 * plv), "log-variance"),
         (lambda qm, qlv, pm, plv: 2 * group_kl(qm, qlv, pm, plv), "0.5"),
         (lambda qm, qlv, pm, plv: group_kl(qm, qlv, pm, plv).sum(), "one value per image"),
+    ],
+    "group_step": [
+        (_group_step_wrong(update_first=False), "after the prior cell's update"),
+        (_group_step_wrong(from_prior=True), "drawn from the posterior"),
+        (_group_step_wrong(clamp=False), "soft-clamp both"),
+        (_group_step_wrong(proj=False), "z_proj"),
+        (_group_step_wrong(cell=False), "residual cell"),
+        (_group_step_wrong(kl_to=lambda qm: (torch.zeros_like(qm), torch.zeros_like(qm))),
+         "not against N(0, I)"),
+        (lambda group, h, feat: group_step(group, h, feat)[0], "return a pair"),
+        (lambda group, h, feat: (group_step(group, h, feat)[0],
+                                 group_step(group, h, feat)[1].sum()), "one value per image"),
     ],
 }
 

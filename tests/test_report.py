@@ -562,3 +562,75 @@ def test_records_order_the_rows_by_their_own_numbers_not_by_name(tmp_path):
     assert [f for f, _ in _ordered(runs, lambda a: a.get("tried"))] == ["z", "b"]
     assert _ablations(runs) == [("c", "conv", {"zdims": (1,)}, "C", "bottom"),
                                 ("z", "hvae", {}, "Z", "the ladder's words")]
+
+
+def test_stability_table_tells_trained_through_recovered_and_failed_apart(tmp_path):
+    from vae_tutorial.reliability import stability_rows, stability_table
+
+    def run(folder, model, seed, history, **st):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "history.json").write_text(json.dumps(history))
+        (tmp_path / folder / "about.json").write_text(json.dumps(
+            {"about": "x", "stability": {"model": model, "seed": seed, **st}}))
+
+    def epoch(e, seconds=60.0, partial=False, rollback=(), skipped=0):
+        return {"epoch": e, "step": 10 * e, "seconds": seconds, "partial": partial,
+                "valid_bpd": 5.0 - 0.01 * e, "skipped": skipped, "rollback": list(rollback)}
+
+    clock = dict(clock=15, kl_warmup_epochs=15)
+    run("through", "hvae", 0, [epoch(e) for e in range(1, 16)] + [epoch(16, partial=True)],
+        **clock)
+    run("recovered", "hvae", 1, [epoch(e) for e in range(1, 9)]
+        + [epoch(9, rollback=[{"epoch": 9}], skipped=40)] + [epoch(e) for e in range(10, 14)]
+        + [epoch(14, 90.0, partial=True)], **clock)
+    run("failed", "hvae", 2, [epoch(e) for e in range(1, 5)], **clock)  # stopped at 4 minutes
+    run("conv", "conv", 0, [epoch(e) for e in range(1, 9)], epochs=8)
+    (tmp_path / "other").mkdir()  # a run without a stability entry is not a row
+    (tmp_path / "other" / "about.json").write_text(json.dumps({"about": "y"}))
+    rows = {r["folder"]: r for r in stability_rows(tmp_path)}
+    assert set(rows) == {"through", "recovered", "failed", "conv"}
+    assert rows["through"]["outcome"] == "trained through" and rows["through"]["past_warmup"]
+    assert rows["recovered"]["outcome"] == "recovered after 1 rollback"
+    assert rows["recovered"]["skipped"] == 40 and not rows["recovered"]["past_warmup"]
+    assert rows["failed"]["outcome"] == "failed" and rows["conv"]["outcome"] == "trained through"
+    table = stability_table(tmp_path)
+    assert ("- hvae: 1 trained through without a rollback, 1 recovered after one or more, "
+            "1 failed.") in table
+    assert "- conv: 1 trained through without a rollback, 0 recovered" in table
+
+
+def test_readme_stability_counts_are_the_recorded_runs():
+    """The README's sentence on the seeds is the stability table's counts, not typed numbers."""
+    import re
+    from collections import Counter
+
+    from vae_tutorial.reliability import stability_rows
+
+    rows = stability_rows(REPO / "results")
+    n = Counter(r["model"].split(",")[0] for r in rows)
+    through = Counter(r["model"].split(",")[0] for r in rows if not r["rollbacks"])
+    assert all(r["finished"] for r in rows), "a stability run failed: the README must say so"
+    text = " ".join((REPO / "README.md").read_text().split())
+    m = re.search(r"of (\d+) runs of the hierarchical VAE's `cpu` preset on 15-minute clocks, "
+                  r"(\d+) trained through and (\d+) recovered after one rollback; ConvVAE's (\d+) "
+                  r"runs trained through; none failed", text)
+    assert m, "README: the sentence on the stability runs is missing"
+    assert tuple(map(int, m.groups())) == (
+        n["hierarchical VAE"], through["hierarchical VAE"],
+        n["hierarchical VAE"] - through["hierarchical VAE"], n["ConvVAE"])
+    assert through["ConvVAE"] == n["ConvVAE"]
+
+
+def test_tutorial_step_times_are_read_from_make_tutorials_own_lines(tmp_path):
+    from vae_tutorial.reliability import tutorial_steps, tutorial_table
+
+    (tmp_path / "tutorial-steps.txt").write_text(
+        "step venv: 95 s\nstep data: 3 s\nstep train: 1930 s\ntotal: 2028 s\n"
+        "machine: CPU Test (x86_64), 2 cores, fp32\n")
+    t = tutorial_steps(tmp_path / "tutorial-steps.txt")
+    assert t == {"steps": {"venv": 95, "data": 3, "train": 1930}, "total": 2028,
+                 "machine": "CPU Test (x86_64), 2 cores, fp32"}
+    table = tutorial_table(tmp_path)
+    assert "| `train` | ConvVAE training | 32.2 |" in table and "**33.8**" in table
+    assert table.endswith("Machine: CPU Test (x86_64), 2 cores, fp32.")
+    assert tutorial_table(tmp_path / "none") == "No timed `make tutorial` recorded yet."

@@ -1,7 +1,7 @@
 """`make tutorial` executes the notebooks on the runs the user just trained, not on ours. Here
-notebooks 5-8 run in full mode on stand-ins: other recorded runs of the same presets (with a
-validation split, other numbers, other epochs) placed where the user's runs would be. An assert
-pinned to our committed runs, or a key only our runs' histories have, fails here."""
+notebooks 5-8 and appendix A2 run in full mode on stand-ins: other recorded runs of the same
+presets (with a validation split, other numbers, other epochs) placed where the user's runs would
+be. An assert pinned to our committed runs, or a key only our runs' histories have, fails here."""
 
 import os
 import shutil
@@ -15,8 +15,9 @@ from vae_tutorial.config import run_name
 
 NOTEBOOKS = runtime.checkout_dir() / "notebooks"
 # the user's run folder (runs/<model>-cpu) -> a recorded run that differs from the committed one
-STAND_INS = {run_name("conv", "cpu"): "conv-cpu-valid", run_name("hvae", "cpu"): "hvae-try-batch16"}
-CHAPTERS = ["05_training", "06_results", "07_blobs", "08_hierarchical"]
+STAND_INS = {run_name("conv", "cpu"): "conv-cpu-valid",
+             run_name("hvae", "cpu"): "hvae-cpu-valid"}
+CHAPTERS = ["05_training", "06_results", "07_blobs", "08_hierarchical", "A2_step_measured"]
 # too long for the test command CI runs (each notebook takes minutes in full mode): `make
 # test-user-runs` runs it (and `make tutorial` executes the notebooks on real runs anyway)
 pytestmark = pytest.mark.skipif(os.environ.get("VAE_TUTORIAL_USER_RUNS") != "1",
@@ -31,6 +32,8 @@ def user_runs(tmp_path_factory):
         (root / folder).mkdir()
         shutil.copyfile(runtime.results_dir() / recorded / "model-fp16.pt",
                         root / folder / "checkpoint.pt")
+        shutil.copyfile(runtime.results_dir() / recorded / "eval.json",  # as make evaluate leaves
+                        root / folder / "eval.json")
     return root
 
 

@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import measure, precision, runtime
+from . import adamw, measure, precision, runtime
 from .config import TrainConfig, preset
 from .data import CifarLoader, PartialDatasetWarning, load_cifar10
 from .evaluate import iwae_log_likelihood
@@ -169,6 +169,83 @@ def _forever(loader):
         yield from loader
 
 
+DEFAULT = "trainer's default"  # the first row of step_table's training steps
+
+
+def step_table(model_config, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
+               fast: bool = False, batch_size: int = 64):
+    """The data pipelines and the training step's variants, each changing one thing against the
+    trainer's default, timed in turns (notebook 5's table; appendix A2 reads the same fields).
+
+    Returns a namespace: decision (the trainer's precision here), layouts, default_layout,
+    other_layout, other_adamw (the AdamW row's name), reps, load_rates and rates ({row:
+    images/s per repeat}), compile_seconds (None in fast mode), and the functions
+    stepper(**change) and batches(layout, batch_size) that built the rows.
+    """
+    from types import SimpleNamespace
+
+    decision = precision.decide(device)
+    layouts = {torch.contiguous_format: "contiguous (NCHW)",
+               torch.channels_last: "channels last (NHWC)"}
+    default_layout, other_layout = list(layouts)[::-1 if runtime.channels_last_default(device)
+                                                 else 1]
+    reps = 2 if fast else 7
+
+    def batches(layout=default_layout, batch_size=batch_size):
+        return _forever(CifarLoader(images, labels, batch_size=batch_size, device=device,
+                                    drop_last=True, channels_last=layout == torch.channels_last))
+
+    def stepper(dtype=decision.dtype, layout=default_layout, batch_size=batch_size, **kw):
+        torch.manual_seed(0)
+        m = build_model(model_config).to(device).to(memory_format=layout)
+        return measure.training_step(m, batches(layout, batch_size), device, dtype=dtype, **kw)
+
+    pipelines = {"DataLoader + PIL + ToTensor": seed_pipeline(images, batch_size, device),
+                 f"CifarLoader (uint8 on {device.type})": batches()}
+    load_rates = measure.interleaved({name: measure.batch_draw(it, device)
+                                      for name, it in pipelines.items()}, 8 if fast else 30,
+                                     reps, device)
+    variants = {DEFAULT: stepper(), "sync every step": stepper(sync_each_step=True),
+                layouts[other_layout]: stepper(layout=other_layout)}
+    if "bf16" in decision.eligible:  # the other eligible precision
+        variants["fp32" if decision.dtype else "bf16 autocast"] = stepper(
+            dtype=None if decision.dtype else torch.bfloat16)
+    if device.type == "cuda":
+        variants["fp16 autocast + GradScaler"] = stepper(dtype=torch.float16)
+    fused = adamw.decide(build_model(model_config).parameters(), device).fused  # the trainer's
+    other_adamw = "AdamW not fused (for-loop)" if fused else "AdamW fused=True"
+    variants[other_adamw] = stepper(fused=not fused, foreach=False)
+    compile_seconds = None
+    if not fast:
+        variants["torch.compile"] = stepper(compile_model=True)
+        t0 = time.perf_counter()
+        variants["torch.compile"]()  # the first step traces and compiles
+        compile_seconds = time.perf_counter() - t0
+    rates = measure.interleaved(variants, 2 if fast else 8, reps, device)
+    return SimpleNamespace(decision=decision, layouts=layouts, default_layout=default_layout,
+                           other_layout=other_layout, other_adamw=other_adamw, reps=reps,
+                           load_rates=load_rates, rates=rates, compile_seconds=compile_seconds,
+                           stepper=stepper, batches=batches, batch_size=batch_size)
+
+
+def against(ref, other) -> str:
+    """'1.23x, beyond the spread' (or 'within'): other's median over ref's, and the verdict."""
+    c = measure.compare(ref, other)
+    return f"{c.ratio:5.2f}x, {'beyond' if c.exceeds else 'within'} the spread"
+
+
+def print_step_table(t) -> None:
+    """step_table's rows as min / median / max images/s, each against its group's first row."""
+    print(f"images/s: min / median / max of {t.reps} repeats, in turns; the trainer's default "
+          f"here: {t.decision.precision}, {t.layouts[t.default_layout]}")
+    print(f"{'':<36}{'min / median / max':>26}   against the first row")
+    for label, group in (("data alone", t.load_rates), ("training step", t.rates)):
+        first = next(iter(group.values()))
+        for i, (name, r) in enumerate(group.items()):
+            print(f"{label + ': ' + name if i == 0 else '  ' + name:<36}"
+                  f"{str(measure.Spread.of(r)):>26}   {'' if i == 0 else against(first, r)}")
+
+
 def run_bench(args, cfg: TrainConfig) -> int:
     """The `bench` command: print a table and write it as JSON. cfg gives the data roots."""
     device = runtime.pick_device(cfg.device)
@@ -209,8 +286,6 @@ def run_bench(args, cfg: TrainConfig) -> int:
     amp = decision.dtype  # the trainer's choice: bf16 autocast, or None for fp32
     other_dtype = None if amp else torch.bfloat16
     precisions = [amp, other_dtype] if "bf16" in decision.eligible else [None]  # where eligible
-    fused = runtime.fused_adam(device)  # the trainer's Adam; a row with the other kind checks it
-    other_adam = "Adam not fused" if fused else "fused Adam"
     prec = decision.precision
     channels_last = runtime.channels_last_default(device)  # the trainer's choice
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -242,12 +317,22 @@ def run_bench(args, cfg: TrainConfig) -> int:
         p = "bf16" if run_amp else "fp32"
         row(f"project pipeline: CifarLoader + SeedVAE, {p}", seed_model, _forever(loader),
             run_amp, precision=p, model="seed", label="SeedVAE")
-    row(f"project pipeline: CifarLoader + SeedVAE, {prec}, {other_adam}", seed_model,
-        _forever(loader), amp, fused=not fused, precision=prec, variant=other_adam)
+    # AdamW fused or a loop: each model's probe, measured again; a row with the other checks it
+    updates = {"seed": adamw.decide(seed_model.parameters(), device, refresh=True)}
+
+    def other_adam(kind):
+        return "Adam not fused" if updates[kind].fused else "fused Adam"
+
+    row(f"project pipeline: CifarLoader + SeedVAE, {prec}, {other_adam('seed')}", seed_model,
+        _forever(loader), amp, fused=not updates["seed"].fused, precision=prec,
+        variant=other_adam("seed"))
     models = {}
     for kind, label in (("conv", "ConvVAE"), ("hvae", "hierarchical VAE")):
         model = build_model(preset(size, kind=kind).model)
         models[kind] = model
+        updates[kind] = adamw.decide(model.parameters(), device, refresh=True)
+        print(f"  AdamW for {label}: {'fused' if updates[kind].fused else 'loop'} "
+              f"({updates[kind].reason})", flush=True)
         name = f"project pipeline: CifarLoader + {label} ({size} preset)"
         for run_amp in precisions:
             p = "bf16" if run_amp else "fp32"
@@ -260,8 +345,8 @@ def run_bench(args, cfg: TrainConfig) -> int:
                 x, y, batch_size=b, device=device, drop_last=True,
                 channels_last=not channels_last)), amp, other, precision=prec,
                 variant=other_name)
-        row(f"{name}, {prec}, {other_adam}", model, _forever(loader), amp, layout,
-            fused=not fused, precision=prec, variant=other_adam)
+        row(f"{name}, {prec}, {other_adam(kind)}", model, _forever(loader), amp, layout,
+            fused=not updates[kind].fused, precision=prec, variant=other_adam(kind))
         if args.compile:
             row(f"{name}, {prec}, torch.compile", model, _forever(loader), amp, layout,
                 compile_model=True, precision=prec, variant="torch.compile")
@@ -292,7 +377,7 @@ def run_bench(args, cfg: TrainConfig) -> int:
         print(f"  roofline {r['model']}, {r['precision']}: {r['mflop_per_image']:.0f} MFLOP/image,"
               f" {r['gflops']:.0f} GFLOP/s, {100 * r['fraction_of_reference']:.0f}% of the "
               "reference", flush=True)
-    extra = {"precision": decision.record(),
+    extra = {"precision": decision.record(), "adamw": {k: d.record() for k, d in updates.items()},
              "roofline": {"reference": ref, "rows": lines}}
     if args.profile_steps:  # where each model's step spends its time, in the picked precision
         nets = {"seed": seed_model, **models}

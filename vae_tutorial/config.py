@@ -380,7 +380,7 @@ KIND_PRESETS: dict[tuple[str, str], dict] = {
     # 64), or a KL warm-up of 5 epochs diverged at lr 1e-3.
     ("hvae", "cpu"): dict(epochs=1000, time_limit=30.0, batch_size=16, lr=1e-3,
                           kl_warmup_epochs=15.0, grad_skip=3e6, hflip=True),
-    # One GPU: what the CPU search (results/hvae-tried.md; notebook 8, section 7) supports, and
+    # One GPU: what the CPU search (results/hvae-tried.md; appendix A1, section 3) supports, and
     # no more. The architecture the search ran with and chose (ModelConfig's defaults: groups 1,
     # 2, 2, width 64), not a larger one: twice the groups ended behind at batch 32 at both
     # budgets tried (0.13 bits/dim at 15 CPU minutes, 0.18 at 30, paired) and width 96 at 15

@@ -8,6 +8,7 @@ would lose of a backward pass's activation gradients; and tensors compared bit f
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 import time
@@ -17,7 +18,8 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from . import losses, runtime
+from . import losses
+from .adamw import decide as decide_adamw
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ def training_step(model: nn.Module, batches: Iterator, device: torch.device,
                   sync_each_step: bool = False, **adamw) -> Callable[[], int]:
     """One training step of the model per call, as the trainer takes it with its defaults
     (train.train_step: AdamW without weight decay, the gradient norm clipped at 200; `adamw`
-    passes foreach= or fused=, default: the trainer's choice, runtime.fused_adam), on the
+    passes foreach= or fused=, default: the trainer's choice, adamw.decide), on the
     next batch, at a fixed learning rate; returns the batch size. dtype: autocast to
     bf16/fp16 (None: fp32, fp16 with a GradScaler); sync_each_step: read the loss on the host
     after every step (`.item()`)."""
@@ -117,9 +119,11 @@ def training_step(model: nn.Module, batches: Iterator, device: torch.device,
 
     defaults = TrainConfig()
     model.to(device).train()
+    if compile_model and device.type != "cuda":  # a CUDA build on a CPU machine: one line of
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # noise, hidden
     net = torch.compile(model) if compile_model else model
     if "fused" not in adamw and not adamw.get("foreach"):  # the trainer's choice, unless asked
-        adamw["fused"] = runtime.fused_adam(device) or None
+        adamw["fused"] = decide_adamw(model.parameters(), device).fused or None
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=defaults.weight_decay,
                             **adamw)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

@@ -38,9 +38,10 @@ def savefig(fig, name: str, dpi: int = 110) -> Path:
     return path
 
 
-def plot_history(history: list[dict], axes=None):
+def plot_history(history: list[dict], axes=None, kl_title: str = "KL(q(z|x) || p(z))"):
     """ELBO (bits/dim), reconstruction and KL per epoch, training and held-out (validation where
-    the run held images out, else test), on three axes."""
+    the run held images out, else test), on three axes; kl_title names the KL term (a
+    hierarchy's is a sum over its groups)."""
     import matplotlib.pyplot as plt
 
     if axes is None:
@@ -49,7 +50,7 @@ def plot_history(history: list[dict], axes=None):
     names = {"train": "training (epoch average)", "valid": "validation", "test": "test"}
     panels = [("bpd", "negative ELBO", "bits/dim", 1.0),
               ("reconstruction", "-E log p(x|z), one draw of z", "nats per image", -1.0),
-              ("kl", "KL(q(z|x) || p(z))", "nats per image", 1.0)]
+              ("kl", kl_title, "nats per image", 1.0)]
     for ax, (key, title, unit, sign) in zip(axes, panels):
         for split, style in (("train", "-"), (held, "--")):
             points = [(h["epoch"], sign * h[f"{split}_{key}"]) for h in history

@@ -8,7 +8,6 @@ hand.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -18,14 +17,12 @@ import torch
 from . import losses, runtime
 from .analysis import paired_difference
 from .bench import TRAIN_IMAGES
-from .checkpoint import ABOUT
 from .config import preset
-from .histories import curve_split
+from .histories import curve_split, records
+from .histories import load_json as _load
+from .histories import minutes as _minutes
 from .model import build_model, count_parameters, count_used_parameters
-
-
-def _load(path: Path) -> dict | list:
-    return json.loads(Path(path).read_text())
+from .reliability import stability_table, tutorial_table
 
 
 def _n(x: float) -> str:
@@ -70,10 +67,6 @@ SHIFT_RUNS = [  # the data-mix runs of DATA.md: folder, training data
 
 GPU_MANIFEST = "gpu-check.json"  # what `gpu-check` writes in its folder (gpu_check.py)
 MODEL_NAMES = {"conv": "ConvVAE", "seed": "SeedVAE", "hvae": "hierarchical VAE"}
-
-
-def _minutes(history: list[dict]) -> float:
-    return sum(h["seconds"] for h in history) / 60
 
 
 def gpu_checks(results: Path) -> list[tuple[Path, dict]]:
@@ -168,16 +161,6 @@ def time_to_quality_table(results: Path, targets=(5.4, 5.0), race=RACE) -> str:
         raise ValueError(f"the time-to-quality runs ran on {len(machines)} machines "
                          f"({'; '.join(sorted(machines))}): a race needs one")
     return "\n".join(lines)
-
-
-def records(results: Path) -> dict[str, dict]:
-    """Every run's own record under `results` (its ABOUT file), by folder: "about", what the run
-    changes, in words; "against", the run it changes (or null); and where a table shows it:
-    "tried", its row in results/hvae-tried.md; "replicate", true where it repeats its base's
-    recipe with another seed; "ablation", its step in notebook 8's ladder ("step", "model",
-    "fields", "label", and "changes" where the ladder's row says other than "about").
-    `train --note TEXT` stores "about" with a run, and `results` copies it there."""
-    return {p.parent.name: _load(p) for p in sorted(Path(results).glob(f"*/{ABOUT}"))}
 
 
 def _ordered(runs: dict[str, dict], key) -> list[tuple[str, dict]]:
@@ -481,7 +464,9 @@ def tables(results: Path = Path("results")) -> dict[str, str]:
             "bench-cpu": bench_table(results / "bench-cpu.json"),
             "loading-cpu": loading_table(results / "bench-loading-cpu.json"),
             "gpu": gpu_table(results),
-            "hvae-tried": tried_table(results)}
+            "hvae-tried": tried_table(results),
+            "stability": stability_table(results),
+            "tutorial": tutorial_table(results)}
 
 
 # the files whose markers hold generated tables

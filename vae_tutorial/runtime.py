@@ -23,6 +23,8 @@ PRECISION_ENV = "VAE_TUTORIAL_PRECISION"  # auto (measured, the default), fp32 o
 PRECISION_CACHE_ENV = "VAE_TUTORIAL_PRECISION_CACHE"  # the precision probe's cache file
 XDG_CACHE_ENV = "XDG_CACHE_HOME"  # the user's cache folder (default: ~/.cache)
 PRECISIONS = ("auto", "fp32", "bf16")  # the values PRECISION_ENV accepts
+ADAMW_ENV = "VAE_TUTORIAL_ADAMW"  # auto (measured on a CPU, the default), fused or loop
+ADAMWS = ("auto", "fused", "loop")  # the values ADAMW_ENV accepts
 TRUE = {"1", "true", "yes", "on"}  # values that switch a flag on
 FALSE = {"0", "false", "no", "off"}  # values that switch it off
 # set by torchrun for each process, read by world(); and one that cuBLAS reads for determinism
@@ -116,13 +118,6 @@ def channels_last_default(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-def fused_adam(device: torch.device) -> bool:
-    """Adam's update as one fused kernel for all parameters: on CUDA, and on a CPU, where
-    torch's default is a Python loop of small operations per tensor (notebook 5 times the fused
-    update several times faster than the loop; on a CPU the update is a few percent of a step)."""
-    return device.type in ("cuda", "cpu")
-
-
 def device_preset(device: torch.device) -> str:
     """The preset whose architecture suits the device: gpu on CUDA, cpu elsewhere."""
     return "gpu" if device.type == "cuda" else "cpu"
@@ -195,6 +190,15 @@ def precision_override() -> str:
     value = os.environ.get(PRECISION_ENV, "").strip().lower() or "auto"
     if value not in PRECISIONS:
         raise ValueError(f"{PRECISION_ENV}={value!r}: expected one of {', '.join(PRECISIONS)}")
+    return value
+
+
+def adamw_override() -> str:
+    """ADAMW_ENV: "auto" (unset: a probe decides on a CPU), "fused" or "loop"; anything else
+    is an error naming the choices."""
+    value = os.environ.get(ADAMW_ENV, "").strip().lower() or "auto"
+    if value not in ADAMWS:
+        raise ValueError(f"{ADAMW_ENV}={value!r}: expected one of {', '.join(ADAMWS)}")
     return value
 
 

@@ -26,7 +26,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from . import checkpoint, losses, precision, runtime
+from . import adamw, checkpoint, losses, precision, runtime
 from .config import TrainConfig
 from .data import CifarLoader, load_cifar10, near_duplicates, split_validation
 from .evaluate import evaluate
@@ -141,6 +141,7 @@ class Run:
     loader: CifarLoader
     eval_loader: CifarLoader  # the per-epoch held-out images: validation, else test
     amp_dtype: torch.dtype | None  # bf16 autocast, or None for fp32 (precision.autocast_dtype)
+    adamw: adamw.Decision | None = None  # fused or loop, and why (adamw.decide)
     rank: int = 0
     world: int = 1
     history: list[dict] = field(default_factory=list)
@@ -182,12 +183,17 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     model = build_model(cfg.model).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # a resumed run keeps its checkpoint's choice (load_state_dict restores "fused")
+    update = None if resume else adamw.decide(model.parameters(), device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=runtime.fused_adam(device))
+                            fused=(update.fused if update else None) or None)
     history, pos = [], Position()
     if resume:
         state = checkpoint.resume(checkpoint.path(cfg.out_dir), model, opt, device, cfg)
         history, pos = state["history"], Position(**state["position"])
+        update = adamw.from_optimizer(opt)
+        if history and isinstance(history[-1].get("adamw"), dict):  # the run's own record
+            update = adamw.Decision(**{**history[-1]["adamw"], "fused": update.fused})
         if world > 1:  # rank 0's generator state was saved: give each process its own again
             torch.manual_seed(cfg.seed + 1000 * rank + pos.step)
     else:
@@ -211,7 +217,7 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     if cfg.compile:
         net = torch.compile(net)
     run = Run(cfg, device, model, net, opt, loader, eval_loader,
-              precision.autocast_dtype(device, cfg.amp), rank, world, history, pos)
+              precision.autocast_dtype(device, cfg.amp), update, rank, world, history, pos)
     if not resume and world == 1:  # the yardstick of the first epoch, and a state to return to
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             pos.start_bpd = evaluate(model, eval_loader).bits_per_dim
@@ -323,6 +329,7 @@ def run_epoch(run: Run) -> dict | None:
             "train_bpd": losses.bits_per_dim(tr[0]), "lr": lr, "kl_weight": kl_w,
             "precision": "bf16" if run.amp_dtype == torch.bfloat16 else "fp32",
             "precision_probe": precision.decide(run.device, run.cfg.amp).record(),  # why
+            "adamw": run.adamw.record() if run.adamw else None,  # fused or loop, and why
             "hardware": runtime.hardware(run.device), "seconds": seconds,
             "images_per_second": seen / seconds, "skipped": pos.skipped}
 

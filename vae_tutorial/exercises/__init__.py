@@ -39,7 +39,7 @@ from .ch04_loss import (
 from .ch05_training import check_batch_sizes, check_training_step
 from .ch06_results import check_active_units, check_interpolate, check_slerp
 from .ch07_blobs import check_aggregate_log_density, check_free_bits_kl
-from .ch08_hierarchical import check_group_kl, check_soft_clamp
+from .ch08_hierarchical import check_group_kl, check_group_step, check_soft_clamp
 from .verdict import NOT_ATTEMPTED, Result
 
 __all__ = ["Result", "EXERCISES", "NOT_ATTEMPTED"]  # and the check_* functions, in EXERCISES
@@ -69,6 +69,7 @@ EXERCISES: dict[str, tuple[int, Callable]] = {  # function name -> (notebook, ch
     "aggregate_log_density": (7, check_aggregate_log_density),
     "soft_clamp": (8, check_soft_clamp),
     "group_kl": (8, check_group_kl),
+    "group_step": (8, check_group_step),
 }
 
 

@@ -88,3 +88,83 @@ def check_group_kl(fn) -> Result:
         return f"{len(cases)} inputs against torch.distributions.kl_divergence of the two " \
                "Gaussians"
     return _run("group_kl", body)
+
+
+def _group_and_inputs(g: torch.Generator, width: int = 8, zdim: int = 3, res: int = 4, b: int = 2):
+    """A LatentGroup with a prior that is not yet N(0, I), and a state h and features."""
+    from ..hvae import LatentGroup
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+        group = LatentGroup(width, zdim, scale=0.5)
+    with torch.no_grad():  # a trained prior: its weights no longer zero
+        group.prior.conv.weight.normal_(0, 0.2, generator=g)
+        group.prior.conv.bias.normal_(0, 0.2, generator=g)
+    h = torch.randn(b, width, res, res, generator=g)
+    feat = torch.randn(b, width, res, res, generator=g)
+    return group, h, feat
+
+
+def check_group_step(fn) -> Result:
+    """fn(group, h, feat) -> (new h, KL (B,)): one latent group's step of the top-down pass in
+    training, compared with the model's own LatentGroup.forward on the same noise."""
+    from ..hvae import soft_clamp
+
+    def variant(group, h, feat, *, update_first=True, clamp=True, from_prior=False,
+                proj=True, cell=True, prior_kl=True):
+        """The step, or one of its typical mistakes."""
+        d = group.zdim
+        p = group.prior(h)
+        pm, plv, dh = p[:, :d], p[:, d:2 * d], p[:, 2 * d:]
+        plv = soft_clamp(plv) if clamp else plv
+        h_new = h + dh
+        q = group.posterior(torch.cat([h_new if update_first else h, feat], 1))
+        qm, qlv = q[:, :d], soft_clamp(q[:, d:]) if clamp else q[:, d:]
+        m, lv = (pm, plv) if from_prior else (qm, qlv)
+        z = m + torch.exp(0.5 * lv) * torch.randn_like(m)
+        kl = (losses.normal_kl(qm, qlv, pm, plv) if prior_kl
+              else losses.normal_kl(qm, qlv, torch.zeros_like(qm), torch.zeros_like(qlv)))
+        out = h_new + group.z_proj(z) if proj else h_new
+        return (group.cell(out) if cell else out), kl.flatten(1).sum(1)
+
+    mistakes = [
+        (dict(update_first=False), "the posterior reads the state after the prior cell's "
+         "update, h + delta_h: add delta_h to h first, then compute the posterior"),
+        (dict(from_prior=True), "in training, z is drawn from the posterior q (mu_q, sigma_q), "
+         "not from the prior"),
+        (dict(clamp=False), "soft-clamp both log-variances (the prior's and the posterior's) "
+         "with hvae.soft_clamp before using them"),
+        (dict(proj=False), "add proj(z) to the state: h + group.z_proj(z), then the cell"),
+        (dict(cell=False), "finish with the residual cell: group.cell(h + group.z_proj(z))"),
+        (dict(prior_kl=False), "the KL is against the group's prior N(mu_p, sigma_p^2), "
+         "computed from h, not against N(0, I)"),
+    ]
+
+    def body():
+        g = _gen(17)
+        cases = [("a group of 3 channels at 4x4, width 8, B = 2", *_group_and_inputs(g)),
+                 ("a group of 2 channels at 8x8, width 6, B = 3",
+                  *_group_and_inputs(g, width=6, zdim=2, res=8, b=3))]
+        for case, group, h, feat in cases:
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+
+            def run(f):
+                with torch.random.fork_rng(devices=[]), torch.no_grad():
+                    torch.manual_seed(seed)  # the same noise for z in every call
+                    return f(group, h.clone(), feat.clone())
+
+            ref_h, ref_kl, _ = run(lambda gr, hh, ff: gr(hh, ff))  # the model's own step
+            got = _call(lambda *a: run(fn), case)
+            if not isinstance(got, (tuple, list)) or len(got) != 2:
+                raise _Failed(case, "return a pair: (the new state h, the KL per image)")
+            for part, value, expected, shape_hint in (
+                    ("the KL per image", got[1], ref_kl, "Sum over channels and positions: "
+                     "one value per image."),
+                    ("the new state h", got[0], ref_h, "The state keeps its shape (B, W, r, r).")):
+                wrong = [(lambda *_, kw=kw: run(lambda gr, hh, ff: variant(gr, hh, ff, **kw))[
+                    0 if part == "the new state h" else 1], hint) for kw, hint in mistakes]
+                _compare(value, expected, f"{case}: {part}", wrong, (), rtol=1e-5, atol=1e-5,
+                         shape_hint=shape_hint, fallback="follow the four lines of section 1 in "
+                         "order: prior cell, posterior, z from the posterior, proj and cell")
+        return f"{len(cases)} groups against the model's own LatentGroup.forward, same noise"
+    return _run("group_step", body)
