@@ -193,7 +193,7 @@ def test_readme_performance_statements():
         return b, {k: r["median"] for k, r in rows.items()}, {k: r["repeats"]
                                                                for k, r in rows.items()}
 
-    (now, rate, reps), (_, old, _) = rates("bench-cpu.json"), rates("bench-cpu-adam-loop.json")
+    (now, rate, reps), (_, old, _) = rates("bench-cpu-epyc.json"), rates("bench-cpu-adam-loop.json")
     seed_fp32 = "CifarLoader + SeedVAE, fp32"
     assert "1.17x the seed's pipeline here, within the spread of repeats, and 1.05x" in text
     assert f"{rate[seed_fp32] / rate['seed']:.2f}" == "1.17"
@@ -238,6 +238,59 @@ def test_readme_performance_statements():
     assert seed_prof["conv_fraction_of_reference"] < 0.3  # far below the reference
     loading = json.loads((REPO / "results" / "bench-loading-cpu.json").read_text())["rows"]
     assert loading[1]["speedup_vs_seed"] > 10
+
+
+def test_readme_statements_about_this_releases_bench():
+    """README's points under the first bench table, against results/bench-cpu.json."""
+    from vae_tutorial.measure import compare
+
+    text = " ".join((REPO / "README.md").read_text().split())
+    b = json.loads((REPO / "results" / "bench-cpu.json").read_text())
+    assert b["hardware"].startswith("CPU Intel") and "native bf16" not in b["hardware"]
+    assert b["precision"]["precision"] == "fp32" and b["precision"]["eligible"] == ["fp32"]
+    reps = {r["name"].split(": ", 1)[-1]: r["repeats"] for r in b["rows"]}
+    models = {"ConvVAE (cpu preset)": "conv", "hierarchical VAE (cpu preset)": "hvae"}
+    roof = {r["model"]: r["fraction_of_reference"] for r in b["roofline"]["rows"]}
+    prof = {r["model"]: r for r in b["profile"]["rows"]}
+    assert "reach three quarters or more of the rate of one large 3x3 convolution" in text
+    for m, kind in models.items():
+        assert roof[m] >= 0.75 and prof[m]["conv_fraction_of_reference"] > 0.9
+        assert 0.75 < prof[m]["kinds"]["convolutions"] < 0.85  # four fifths
+        assert 0.1 <= round(prof[m]["kinds"]["elementwise and reductions"], 2) <= 0.17
+        step = f"CifarLoader + {m}, fp32"
+        c = compare(reps[f"{step}, likelihood not fused"], reps[step])
+        assert 1.0 < c.ratio < 1.06 and not c.exceeds  # a few percent, within the spread
+        c = compare(reps[f"{step}, Adam not fused"], reps[step])
+        assert not c.exceeds and b["adamw"][kind]["fused"]  # the probe's pick: fused
+    conv = "CifarLoader + ConvVAE (cpu preset), fp32"
+    cl = compare(reps[conv], reps[f"{conv}, channels_last"])
+    assert "in four of five repeats (1.16x in the median) but not in every one" in text
+    assert f"{cl.ratio:.2f}" == "1.16" and not cl.exceeds
+    assert sum(o > d for d, o in zip(reps[conv], reps[f"{conv}, channels_last"])) == 4
+
+
+def test_readme_what_the_fused_likelihood_buys_is_the_two_recorded_runs():
+    """The hierarchical VAE's 30 minutes with the old and the new step: README's numbers are
+    the runs' own (results/hvae-step-old and -new), the same recipe but for the switch."""
+    from vae_tutorial.histories import load_json
+
+    text = " ".join((REPO / "README.md").read_text().split())
+    runs = {v: load_json(REPO / "results" / f"hvae-step-{v}" / "history.json")
+            for v in ("old", "new")}
+    for v, fused in (("old", False), ("new", True)):
+        h = runs[v]
+        assert all(r["likelihood_fused"] is fused and r["precision"] == "fp32" for r in h)
+        assert abs(sum(r["seconds"] for r in h) / 60 - 30) < 0.1 and h[-1]["partial"]
+        assert h[-1]["hardware"] == runs["old"][-1]["hardware"]  # one machine
+    said = (f"unfused, {len(runs['old'])} epochs ({runs['old'][-1]['step']:,} updates) and "
+            f"{runs['old'][-1]['valid_bpd']:.3f} bits/dim; fused, {len(runs['new'])} epochs "
+            f"({runs['new'][-1]['step']:,} updates) and {runs['new'][-1]['valid_bpd']:.3f}")
+    assert said in text
+    gain = runs["new"][-1]["step"] / runs["old"][-1]["step"] - 1
+    assert "the fusion buys 1.5% more updates and no measurable change" in text
+    assert f"{100 * gain:.1f}" == "1.5"
+    se = max(h[-1]["valid_bpd_se"] for h in runs.values())
+    assert se < 0.03 and abs(runs["new"][-1]["valid_bpd"] - runs["old"][-1]["valid_bpd"]) < 2 * se
 
 
 def test_the_tried_table_compares_validation_and_shows_test_only_for_the_evaluated_run(tmp_path):
@@ -634,3 +687,21 @@ def test_tutorial_step_times_are_read_from_make_tutorials_own_lines(tmp_path):
     assert "| `train` | ConvVAE training | 32.2 |" in table and "**33.8**" in table
     assert table.endswith("Machine: CPU Test (x86_64), 2 cores, fp32.")
     assert tutorial_table(tmp_path / "none") == "No timed `make tutorial` recorded yet."
+    with (tmp_path / "tutorial-steps.txt").open("a") as f:
+        f.write("how: resumed once\n")
+    assert tutorial_steps(tmp_path / "tutorial-steps.txt")["how"] == "resumed once"
+    assert tutorial_table(tmp_path).endswith("2 cores, fp32. How it ran: resumed once.")
+
+
+def test_the_recorded_tutorial_adds_up_and_names_its_machine():
+    """results/tutorial-steps.txt: a step for each of make tutorial's, the total their sum."""
+    from vae_tutorial.reliability import tutorial_steps
+
+    t = tutorial_steps(REPO / "results" / "tutorial-steps.txt")
+    assert list(t["steps"]) == ["venv", "jpeg-copy", "data", "train", "evaluate", "hvae",
+                                "notebooks"]
+    assert t["total"] == sum(t["steps"].values())
+    assert t["machine"].startswith("CPU ") and "cores" in t["machine"]
+    text = " ".join((REPO / "README.md").read_text().split())
+    assert "two hours in all on a 2-core CPU in fp32" in text
+    assert round(t["total"] / 3600) == 2 and "native bf16" not in t["machine"]

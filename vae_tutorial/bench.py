@@ -34,7 +34,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import adamw, measure, precision, runtime
+from . import adamw, measure, precision, runtime, train
 from .config import TrainConfig, preset
 from .data import CifarLoader, PartialDatasetWarning, load_cifar10
 from .evaluate import iwae_log_likelihood
@@ -172,6 +172,9 @@ def _forever(loader):
 DEFAULT = "trainer's default"  # the first row of step_table's training steps
 
 
+UNFUSED = "likelihood not fused"  # step_table's row: the likelihood's passes one by one
+
+
 def step_table(model_config, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
                fast: bool = False, batch_size: int = 64):
     """The data pipelines and the training step's variants, each changing one thing against the
@@ -215,6 +218,8 @@ def step_table(model_config, images: torch.Tensor, labels: torch.Tensor, device:
     fused = adamw.decide(build_model(model_config).parameters(), device).fused  # the trainer's
     other_adamw = "AdamW not fused (for-loop)" if fused else "AdamW fused=True"
     variants[other_adamw] = stepper(fused=not fused, foreach=False)
+    if train.fuse_likelihood(TrainConfig()):  # the trainer compiles the likelihood alone
+        variants[UNFUSED] = stepper(fuse_likelihood=False)
     compile_seconds = None
     if not fast:
         variants["torch.compile"] = stepper(compile_model=True)
@@ -301,10 +306,12 @@ def run_bench(args, cfg: TrainConfig) -> int:
                                      device, dtype=dtype, **kwargs)
 
     def row(name, net, batches, dtype, layout=torch.contiguous_format, **extra):
-        fields = {k: v for k, v in extra.items() if k not in ("fused", "compile_model")}
+        fields = {k: v for k, v in extra.items()
+                  if k not in ("fused", "compile_model", "fuse_likelihood")}
         adamw = {"fused": extra["fused"]} if "fused" in extra else {}
         timed.append((name, step_of(net, batches, dtype, layout,
-                                    compile_model=extra.get("compile_model", False), **adamw),
+                                    compile_model=extra.get("compile_model", False),
+                                    fuse_likelihood=extra.get("fuse_likelihood"), **adamw),
                       fields))
 
     torch.manual_seed(0)
@@ -327,6 +334,7 @@ def run_bench(args, cfg: TrainConfig) -> int:
         _forever(loader), amp, fused=not updates["seed"].fused, precision=prec,
         variant=other_adam("seed"))
     models = {}
+    fuses = train.fuse_likelihood(TrainConfig())  # the trainer's default: torch.compile
     for kind, label in (("conv", "ConvVAE"), ("hvae", "hierarchical VAE")):
         model = build_model(preset(size, kind=kind).model)
         models[kind] = model
@@ -347,6 +355,9 @@ def run_bench(args, cfg: TrainConfig) -> int:
                 variant=other_name)
         row(f"{name}, {prec}, {other_adam(kind)}", model, _forever(loader), amp, layout,
             fused=not updates[kind].fused, precision=prec, variant=other_adam(kind))
+        if fuses:  # the likelihood's elementwise passes one by one, as before they were fused
+            row(f"{name}, {prec}, likelihood not fused", model, _forever(loader), amp, layout,
+                fuse_likelihood=False, precision=prec, variant="likelihood not fused")
         if args.compile:
             row(f"{name}, {prec}, torch.compile", model, _forever(loader), amp, layout,
                 compile_model=True, precision=prec, variant="torch.compile")

@@ -2,16 +2,50 @@
 
 Each turns the decoder's (B, channels, H, W) output into log p(x|z) per image (nats, summed
 over pixels), draws 8-bit images, and gives a mean image for reconstructions. Always in fp32.
+The trainer fuses the default likelihood's elementwise passes with torch.compile (`fused`).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import warnings
 
 import torch
 import torch.nn as nn
 
 from . import losses
+
+
+class Fused:
+    """`fn` compiled by torch.compile on its first call: its elementwise passes become a few
+    loops, forward and backward (the same values to float rounding: tests/test_fused.py).
+    Where compiling fails (no C++ compiler, say), one warning, and `fn` itself from then on."""
+
+    def __init__(self, fn):
+        self.fn, self.compiled, self.failed = fn, None, False
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args):
+        if self.failed:
+            return self.fn(*args)
+        if self.compiled is None:  # a CUDA build on a CPU machine: one line of noise, hidden
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+            # static shapes: each batch size gets its own kernels whatever the order they come
+            # in, so that a resumed run computes exactly as the uninterrupted one
+            self.compiled = torch.compile(self.fn, dynamic=False)
+        try:
+            return self.compiled(*args)
+        except Exception as err:  # noqa: BLE001 - any compiler failure: the reference instead
+            self.failed = True
+            warnings.warn(f"the likelihood runs unfused: torch.compile failed here "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:200]})",
+                          stacklevel=2)
+            return self.fn(*args)
+
+
+fused_mix_logistic_log_likelihood = Fused(losses.discretized_mix_logistic_log_likelihood)
 
 
 class Likelihood(nn.Module):
@@ -23,6 +57,7 @@ class Likelihood(nn.Module):
     def __init__(self, mixtures: int):
         super().__init__()
         self.mixtures = mixtures
+        self.fused = False  # log_prob through torch.compile where a kind has it (the trainer's)
 
     @property
     def channels(self) -> int:
@@ -32,6 +67,10 @@ class Likelihood(nn.Module):
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """log p(x|params), (B,) in nats, summed over pixels."""
         raise NotImplementedError
+
+    def runs_fused(self) -> bool:
+        """Whether log_prob runs compiled (asked for, possible for this kind, compiled)."""
+        return False
 
     def sample(self, params: torch.Tensor) -> torch.Tensor:
         """Draw 8-bit images in [0, 1] from p(x|params)."""
@@ -116,7 +155,12 @@ class LogisticMixture(Likelihood):
         return 10 * self.mixtures
 
     def log_prob(self, x, params):
+        if self.fused:
+            return fused_mix_logistic_log_likelihood(x, params.float())
         return losses.discretized_mix_logistic_log_likelihood(x, params.float())
+
+    def runs_fused(self):
+        return self.fused and not fused_mix_logistic_log_likelihood.failed
 
     @torch.no_grad()
     def sample(self, params):

@@ -108,17 +108,22 @@ def batch_draw(batches: Iterator, device: torch.device) -> Callable[[], int]:
 
 def training_step(model: nn.Module, batches: Iterator, device: torch.device,
                   dtype: torch.dtype | None = None, compile_model: bool = False,
-                  sync_each_step: bool = False, **adamw) -> Callable[[], int]:
+                  sync_each_step: bool = False, fuse_likelihood: bool | None = None,
+                  **adamw) -> Callable[[], int]:
     """One training step of the model per call, as the trainer takes it with its defaults
     (train.train_step: AdamW without weight decay, the gradient norm clipped at 200; `adamw`
     passes foreach= or fused=, default: the trainer's choice, adamw.decide), on the
     next batch, at a fixed learning rate; returns the batch size. dtype: autocast to
     bf16/fp16 (None: fp32, fp16 with a GradScaler); sync_each_step: read the loss on the host
-    after every step (`.item()`)."""
+    after every step (`.item()`); fuse_likelihood: the likelihood through torch.compile
+    (None: the trainer's default)."""
     from .config import TrainConfig
+    from .train import fuse_likelihood as trainer_fuses
 
     defaults = TrainConfig()
     model.to(device).train()
+    model.likelihood.fused = not compile_model and (  # a compiled model fuses it already
+        trainer_fuses(defaults) if fuse_likelihood is None else fuse_likelihood)
     if compile_model and device.type != "cuda":  # a CUDA build on a CPU machine: one line of
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # noise, hidden
     net = torch.compile(model) if compile_model else model

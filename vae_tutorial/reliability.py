@@ -80,7 +80,7 @@ TUTORIAL_STEPS = {"venv": "set-up (.venv, packages)",
 def tutorial_steps(path: Path) -> dict:
     """`make tutorial`'s step times (runs/tutorial-steps.txt, kept in results/): {"steps":
     {step: seconds}, "total": seconds, "machine": str}, from its lines `step X: N s`, `total: N
-    s` and `machine: ...`."""
+    s` and `machine: ...` (and `how: ...`, a maintainer's line on how the run went, if any)."""
     out = {"steps": {}, "total": None, "machine": "?"}
     for line in Path(path).read_text().splitlines():
         key, _, value = line.partition(": ")
@@ -88,8 +88,8 @@ def tutorial_steps(path: Path) -> dict:
             out["steps"][key[5:]] = int(value.split()[0])
         elif key == "total":
             out["total"] = int(value.split()[0])
-        elif key == "machine":
-            out["machine"] = value
+        elif key in ("machine", "how"):
+            out[key] = value
     return out
 
 
@@ -103,4 +103,5 @@ def tutorial_table(results: Path) -> str:
     lines += [f"| `{s}` | {TUTORIAL_STEPS.get(s, s)} | {sec / 60:.1f} |"
               for s, sec in t["steps"].items()]
     lines.append(f"| | **total** | **{t['total'] / 60:.1f}** |")
-    return "\n".join(lines) + f"\n\nMachine: {t['machine']}."
+    how = f" How it ran: {t['how']}." if t.get("how") else ""
+    return "\n".join(lines) + f"\n\nMachine: {t['machine']}.{how}"

@@ -461,7 +461,8 @@ def tables(results: Path = Path("results")) -> dict[str, str]:
             "time-to-quality": time_to_quality_table(results),
             "ablations": ablation_table(results),
             "data-shift": shift_table(results),
-            "bench-cpu": bench_table(results / "bench-cpu.json"),
+            "bench-cpu": bench_table(results / "bench-cpu.json"),  # make bench, this release
+            "bench-cpu-epyc": bench_table(results / "bench-cpu-epyc.json"),  # the one before
             "loading-cpu": loading_table(results / "bench-loading-cpu.json"),
             "gpu": gpu_table(results),
             "hvae-tried": tried_table(results),

@@ -162,6 +162,14 @@ class Run:
         return self.cfg.progress and self.rank == 0
 
 
+def fuse_likelihood(cfg: TrainConfig) -> bool:
+    """Whether the run computes its likelihood through torch.compile alone (TrainConfig's
+    field; not with `compile`, which compiles the likelihood with the rest of the model)."""
+    if cfg.compile:
+        return False
+    return cfg.fuse_likelihood if cfg.fuse_likelihood is not None else not runtime.fast_mode()
+
+
 def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     """Build (or, with resume, restore from out_dir/checkpoint.pt) everything a run needs."""
     rank, world = _distributed()
@@ -181,6 +189,7 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(device)
+    model.likelihood.fused = fuse_likelihood(cfg)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     # a resumed run keeps its checkpoint's choice (load_state_dict restores "fused")
@@ -330,6 +339,7 @@ def run_epoch(run: Run) -> dict | None:
             "precision": "bf16" if run.amp_dtype == torch.bfloat16 else "fp32",
             "precision_probe": precision.decide(run.device, run.cfg.amp).record(),  # why
             "adamw": run.adamw.record() if run.adamw else None,  # fused or loop, and why
+            "likelihood_fused": run.model.likelihood.runs_fused(),  # through torch.compile
             "hardware": runtime.hardware(run.device), "seconds": seconds,
             "images_per_second": seen / seconds, "skipped": pos.skipped}
 
