@@ -356,8 +356,8 @@ def run_bench(args, cfg: TrainConfig) -> int:
         row(f"{name}, {prec}, {other_adam(kind)}", model, _forever(loader), amp, layout,
             fused=not updates[kind].fused, precision=prec, variant=other_adam(kind))
         if fuses:  # the likelihood's elementwise passes one by one, as before they were fused
-            row(f"{name}, {prec}, likelihood not fused", model, _forever(loader), amp, layout,
-                fuse_likelihood=False, precision=prec, variant="likelihood not fused")
+            row(f"{name}, {prec}, {UNFUSED}", model, _forever(loader), amp, layout,
+                fuse_likelihood=False, precision=prec, variant=UNFUSED)
         if args.compile:
             row(f"{name}, {prec}, torch.compile", model, _forever(loader), amp, layout,
                 compile_model=True, precision=prec, variant="torch.compile")

@@ -122,8 +122,8 @@ def training_step(model: nn.Module, batches: Iterator, device: torch.device,
 
     defaults = TrainConfig()
     model.to(device).train()
-    model.likelihood.fused = not compile_model and (  # a compiled model fuses it already
-        trainer_fuses(defaults) if fuse_likelihood is None else fuse_likelihood)
+    model.likelihood.fused = trainer_fuses(  # the trainer's rule, for this step's settings
+        TrainConfig(compile=compile_model, fuse_likelihood=fuse_likelihood))
     if compile_model and device.type != "cuda":  # a CUDA build on a CPU machine: one line of
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # noise, hidden
     net = torch.compile(model) if compile_model else model
