@@ -138,3 +138,28 @@ def test_profile_rows_give_the_convolutions_own_rate():
     assert len(rows) == 1 and rows[0]["precision"] == "bf16"
     assert rows[0]["conv_gflops"] == pytest.approx(100.0)
     assert rows[0]["conv_fraction_of_reference"] == pytest.approx(0.25)
+
+
+def test_step_table_measures_once_per_machine_in_the_notebooks(tmp_path, monkeypatch):
+    """notebook.step_table keeps the timings (notebook 5 measures, appendix A2 shows the same);
+    bench.step_table takes kept timings without measuring again."""
+    from vae_tutorial import bench, measure, notebook
+
+    monkeypatch.setenv("VAE_TUTORIAL_RUNS", str(tmp_path))
+    calls = []
+
+    def interleaved(fns, calls_per_rep, reps, device):
+        calls.append(list(fns))
+        return {name: [float(i + 1)] * reps for i, name in enumerate(fns)}
+
+    monkeypatch.setattr(measure, "interleaved", interleaved)
+    images = torch.randint(0, 256, (128, 3, 32, 32), dtype=torch.uint8)
+    labels = torch.zeros(128, dtype=torch.long)
+    cfg = preset("fast").model
+    first = notebook.step_table(cfg, images, labels, torch.device("cpu"))
+    assert len(calls) == 2 and bench.DEFAULT in first.rates  # the pipelines, then the steps
+    again = notebook.step_table(cfg, images, labels, torch.device("cpu"))
+    assert len(calls) == 2 and again.rates == first.rates  # kept: nothing measured again
+    assert callable(again.stepper) and again.other_adamw == first.other_adamw
+    notebook.step_table(cfg, images[:64], labels[:64], torch.device("cpu"))  # other images
+    assert len(calls) == 4

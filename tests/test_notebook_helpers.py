@@ -94,3 +94,39 @@ def test_train_command_names_the_runs_own_data_and_split(monkeypatch, tmp_path):
 
     args = build_parser().parse_args(command.split()[3:])
     assert _config(args) == older
+
+
+def test_cached_computes_once_per_key_and_again_when_the_weights_change(tmp_path, monkeypatch,
+                                                                         capsys):
+    import torch
+
+    monkeypatch.setenv(runtime.RUNS_ENV, str(tmp_path))
+    net = torch.nn.Linear(3, 2)
+    images = torch.arange(12, dtype=torch.uint8).reshape(4, 3)
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": torch.tensor([len(calls)])}
+
+    first = notebook.cached("demo", compute, net, images, 100)
+    again = notebook.cached("demo", compute, net, images, 100)
+    assert len(calls) == 1 and again["value"].item() == first["value"].item() == 1
+    assert "computed earlier on this machine and kept in" in capsys.readouterr().out
+    notebook.cached("demo", compute, net, images, 1000)  # another setting
+    notebook.cached("demo", compute, net, images[:2], 100)  # other images
+    with torch.no_grad():
+        net.weight[0, 0] += 1e-3  # other weights
+    notebook.cached("demo", compute, net, images, 100)
+    assert len(calls) == 4
+    kept = sorted(p.suffix for p in (tmp_path / notebook.CACHE).iterdir())
+    assert kept == [".pt"] * 4  # no half-written file left behind
+
+
+def test_digest_tells_dtype_shape_and_values_apart():
+    import torch
+
+    x = torch.zeros(4)
+    assert notebook.digest(x) == notebook.digest(torch.zeros(4))
+    assert len({notebook.digest(x), notebook.digest(x.double()), notebook.digest(x.reshape(2, 2)),
+                notebook.digest(x + 1), notebook.digest("zeros"), notebook.digest(x, 1)}) == 6

@@ -176,14 +176,16 @@ UNFUSED = "likelihood not fused"  # step_table's row: the likelihood's passes on
 
 
 def step_table(model_config, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
-               fast: bool = False, batch_size: int = 64):
+               fast: bool = False, batch_size: int = 64,
+               keep: Callable[[Callable[[], dict]], dict] | None = None):
     """The data pipelines and the training step's variants, each changing one thing against the
     trainer's default, timed in turns (notebook 5's table; appendix A2 reads the same fields).
 
     Returns a namespace: decision (the trainer's precision here), layouts, default_layout,
     other_layout, other_adamw (the AdamW row's name), reps, load_rates and rates ({row:
     images/s per repeat}), compile_seconds (None in fast mode), and the functions
-    stepper(**change) and batches(layout, batch_size) that built the rows.
+    stepper(**change) and batches(layout, batch_size) that built the rows. keep(timings), if
+    given, returns timings() or a result of it kept from earlier (`notebook.step_table`).
     """
     from types import SimpleNamespace
 
@@ -203,34 +205,38 @@ def step_table(model_config, images: torch.Tensor, labels: torch.Tensor, device:
         m = build_model(model_config).to(device).to(memory_format=layout)
         return measure.training_step(m, batches(layout, batch_size), device, dtype=dtype, **kw)
 
-    pipelines = {"DataLoader + PIL + ToTensor": seed_pipeline(images, batch_size, device),
-                 f"CifarLoader (uint8 on {device.type})": batches()}
-    load_rates = measure.interleaved({name: measure.batch_draw(it, device)
-                                      for name, it in pipelines.items()}, 8 if fast else 30,
-                                     reps, device)
-    variants = {DEFAULT: stepper(), "sync every step": stepper(sync_each_step=True),
-                layouts[other_layout]: stepper(layout=other_layout)}
-    if "bf16" in decision.eligible:  # the other eligible precision
-        variants["fp32" if decision.dtype else "bf16 autocast"] = stepper(
-            dtype=None if decision.dtype else torch.bfloat16)
-    if device.type == "cuda":
-        variants["fp16 autocast + GradScaler"] = stepper(dtype=torch.float16)
     fused = adamw.decide(build_model(model_config).parameters(), device).fused  # the trainer's
     other_adamw = "AdamW not fused (for-loop)" if fused else "AdamW fused=True"
-    variants[other_adamw] = stepper(fused=not fused, foreach=False)
-    if train.fuse_likelihood(TrainConfig()):  # the trainer compiles the likelihood alone
-        variants[UNFUSED] = stepper(fuse_likelihood=False)
-    compile_seconds = None
-    if not fast:
-        variants["torch.compile"] = stepper(compile_model=True)
-        t0 = time.perf_counter()
-        variants["torch.compile"]()  # the first step traces and compiles
-        compile_seconds = time.perf_counter() - t0
-    rates = measure.interleaved(variants, 2 if fast else 8, reps, device)
+
+    def timings() -> dict:
+        pipelines = {"DataLoader + PIL + ToTensor": seed_pipeline(images, batch_size, device),
+                     f"CifarLoader (uint8 on {device.type})": batches()}
+        load_rates = measure.interleaved({name: measure.batch_draw(it, device)
+                                          for name, it in pipelines.items()}, 8 if fast else 30,
+                                         reps, device)
+        variants = {DEFAULT: stepper(), "sync every step": stepper(sync_each_step=True),
+                    layouts[other_layout]: stepper(layout=other_layout)}
+        if "bf16" in decision.eligible:  # the other eligible precision
+            variants["fp32" if decision.dtype else "bf16 autocast"] = stepper(
+                dtype=None if decision.dtype else torch.bfloat16)
+        if device.type == "cuda":
+            variants["fp16 autocast + GradScaler"] = stepper(dtype=torch.float16)
+        variants[other_adamw] = stepper(fused=not fused, foreach=False)
+        if train.fuse_likelihood(TrainConfig()):  # the trainer compiles the likelihood alone
+            variants[UNFUSED] = stepper(fuse_likelihood=False)
+        compile_seconds = None
+        if not fast:
+            variants["torch.compile"] = stepper(compile_model=True)
+            t0 = time.perf_counter()
+            variants["torch.compile"]()  # the first step traces and compiles
+            compile_seconds = time.perf_counter() - t0
+        return {"load_rates": load_rates, "compile_seconds": compile_seconds,
+                "rates": measure.interleaved(variants, 2 if fast else 8, reps, device)}
+
+    timed = keep(timings) if keep else timings()
     return SimpleNamespace(decision=decision, layouts=layouts, default_layout=default_layout,
                            other_layout=other_layout, other_adamw=other_adamw, reps=reps,
-                           load_rates=load_rates, rates=rates, compile_seconds=compile_seconds,
-                           stepper=stepper, batches=batches, batch_size=batch_size)
+                           stepper=stepper, batches=batches, batch_size=batch_size, **timed)
 
 
 def against(ref, other) -> str:

@@ -1,10 +1,13 @@
 """What the notebooks' cells need, and nothing else imports: the fast-mode switch, a provenance
-line, and the trained model of the full run."""
+line, the trained model of the full run, and a cache for the minutes-long measurements."""
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
+from types import ModuleType
+from typing import Callable, TypeVar
 
 import torch
 
@@ -13,6 +16,8 @@ from .config import TrainConfig, preset, run_name
 from .data import PartialDatasetWarning
 
 FAST = runtime.fast_mode()  # fast mode: a few hundred images, seconds per notebook
+CACHE = "notebook-cache"  # under runs/: the results of cached(), a file each
+T = TypeVar("T")
 
 
 def setup(seed: int = 0) -> dict:
@@ -99,3 +104,63 @@ def load_run(config: TrainConfig | None = None):
         source = f"committed weights {path.relative_to(runtime.checkout_dir())}"
     model, ckpt = load_model(path)
     return model, ckpt["history"], ckpt, source
+
+
+def digest(*parts) -> str:
+    """A short hash of weights (a module's state), tensors, source files (a module object) and
+    anything else by its repr: the key of a cached result."""
+    h = hashlib.sha256()
+
+    def tensor(t: torch.Tensor):
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+    for part in parts:
+        if isinstance(part, torch.nn.Module):
+            for name, value in part.state_dict().items():
+                h.update(name.encode())
+                tensor(value)
+        elif isinstance(part, torch.Tensor):
+            tensor(part)
+        elif isinstance(part, ModuleType):
+            h.update(Path(part.__file__).read_bytes())
+        else:
+            h.update(repr(part).encode())
+    return h.hexdigest()[:16]
+
+
+def cached(name: str, compute: Callable[[], T], *key) -> T:
+    """compute(), or the result of an earlier call with the same name and key, kept in
+    runs/notebook-cache/: re-running a notebook repeats none of its minutes-long measurements.
+    The key lists what the result depends on: the weights, the images and the settings; the code
+    that computes bounds and analyses (the modules below) is added, so a change to it computes the
+    result again."""
+    from . import analysis, evaluate, hvae, hvae_analysis, likelihoods, losses, model
+
+    code = (analysis, evaluate, hvae, hvae_analysis, likelihoods, losses, model)
+    path = runtime.runs_dir() / CACHE / f"{name}-{digest(*key, *code)}.pt"
+    if path.exists():
+        root = runtime.checkout_dir()
+        shown = path.relative_to(root) if path.is_relative_to(root) else path
+        print(f"(computed earlier on this machine and kept in {shown}; delete it to compute "
+              "again)")
+        return torch.load(path, weights_only=False)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(value, partial)
+    partial.replace(path)  # an interrupted save leaves no half-written result behind
+    return value
+
+
+def step_table(model_config, images: torch.Tensor, labels: torch.Tensor, device: torch.device):
+    """bench.step_table in this session's mode, its timings kept per machine (cached): the
+    table of notebook 5 and appendix A2, measured once and shown by both."""
+    from . import adamw, bench, measure, precision, train
+
+    def keep(timings):
+        return cached("step-table", timings, model_config, images, labels, FAST,
+                      runtime.hardware(device), torch.__version__,
+                      bench, measure, train, adamw, precision)
+
+    return bench.step_table(model_config, images, labels, device, fast=FAST, keep=keep)
