@@ -42,7 +42,7 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt, unsafe or does not fit the model."""
 
 
-def save_atomic(obj: dict, path: str | os.PathLike) -> Path:
+def save_atomic(obj: object, path: str | os.PathLike) -> Path:
     """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
 
     A crash at any moment leaves either the old file or the new one, never half of one (a

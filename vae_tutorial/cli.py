@@ -203,10 +203,8 @@ def cmd_evaluate(args) -> int:
     ev = evaluate(model, tqdm(batches, desc="evaluate", leave=False), num_samples=args.samples,
                   chunk=args.chunk, per_image=args.per_image)
     seconds = time.perf_counter() - t0  # evaluate() ends with a host copy, so this is synced
-    shown = path.resolve()
-    if shown.is_relative_to(runtime.checkout_dir()):  # no machine-specific prefix in results
-        shown = shown.relative_to(runtime.checkout_dir())
-    result = {"checkpoint": str(shown), "split": args.split, "data": Path(root).name,
+    result = {"checkpoint": str(runtime.shown(path.resolve())),  # no machine-specific prefix
+              "split": args.split, "data": Path(root).name,
               "device": str(device), "hardware": runtime.hardware(device),
               "torch": torch.__version__, "seed": args.seed, "seconds": round(seconds, 2),
               # the run's validation split (held out of training, used for its curves)

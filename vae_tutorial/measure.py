@@ -8,7 +8,6 @@ would lose of a backward pass's activation gradients; and tensors compared bit f
 
 from __future__ import annotations
 
-import logging
 import math
 import statistics
 import time
@@ -18,7 +17,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn as nn
 
-from . import losses
+from . import losses, runtime
 from .adamw import decide as decide_adamw
 
 
@@ -124,8 +123,8 @@ def training_step(model: nn.Module, batches: Iterator, device: torch.device,
     model.to(device).train()
     model.likelihood.fused = trainer_fuses(  # the trainer's rule, for this step's settings
         TrainConfig(compile=compile_model, fuse_likelihood=fuse_likelihood))
-    if compile_model and device.type != "cuda":  # a CUDA build on a CPU machine: one line of
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # noise, hidden
+    if compile_model and device.type != "cuda":
+        runtime.quiet_cpp_extension()
     net = torch.compile(model) if compile_model else model
     if "fused" not in adamw and not adamw.get("foreach"):  # the trainer's choice, unless asked
         adamw["fused"] = decide_adamw(model.parameters(), device).fused or None

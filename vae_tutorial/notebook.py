@@ -90,9 +90,7 @@ def load_run(config: TrainConfig | None = None):
         ckpt = load_checkpoint(path)
         done = ckpt["epoch"] >= ckpt["config"]["epochs"] or (
             ckpt["history"] and ckpt["history"][-1].get("partial"))
-        shown = path.relative_to(runtime.checkout_dir()) if path.is_relative_to(
-            runtime.checkout_dir()) else path
-        source = f"your run {shown}" + ("" if done else f", interrupted after epoch "
+        source = f"your run {runtime.shown(path)}" + ("" if done else f", interrupted after epoch "
                                         f"{ckpt['epoch']}: finish it with `{train_command(cfg)}`")
     else:
         candidates = [runtime.results_dir() / run_name(cfg.model.kind, name) / "model-fp16.pt"
@@ -136,20 +134,16 @@ def cached(name: str, compute: Callable[[], T], *key) -> T:
     that computes bounds and analyses (the modules below) is added, so a change to it computes the
     result again."""
     from . import analysis, evaluate, hvae, hvae_analysis, likelihoods, losses, model
+    from .checkpoint import save_atomic
 
     code = (analysis, evaluate, hvae, hvae_analysis, likelihoods, losses, model)
     path = runtime.runs_dir() / CACHE / f"{name}-{digest(*key, *code)}.pt"
     if path.exists():
-        root = runtime.checkout_dir()
-        shown = path.relative_to(root) if path.is_relative_to(root) else path
-        print(f"(computed earlier on this machine and kept in {shown}; delete it to compute "
-              "again)")
+        print(f"(computed earlier on this machine and kept in {runtime.shown(path)}; delete it "
+              "to compute again)")
         return torch.load(path, weights_only=False)
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    torch.save(value, partial)
-    partial.replace(path)  # an interrupted save leaves no half-written result behind
+    save_atomic(value, path)  # an interrupted save leaves no half-written result behind
     return value
 
 

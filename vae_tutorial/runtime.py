@@ -6,6 +6,7 @@ read here alone. Everything else asks these functions.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import re
@@ -52,6 +53,18 @@ def checkout_dir() -> Path:
     """The project checkout (where data/, runs/ and figures/ live), or the working directory."""
     here = Path(__file__).resolve().parent.parent
     return here if (here / "pyproject.toml").exists() else Path.cwd()
+
+
+def shown(path: Path) -> Path:
+    """`path` relative to the checkout where it lies inside it (no machine-specific prefix in
+    what is printed or recorded), else as given."""
+    return path.relative_to(checkout_dir()) if path.is_relative_to(checkout_dir()) else path
+
+
+def quiet_cpp_extension() -> None:
+    """Hide the one line torch.compile's C++ toolchain check prints for a CUDA build on a
+    machine without CUDA (noise: compiling for the CPU works)."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def data_root() -> Path:
